@@ -10,9 +10,35 @@ UTF-8 bytes, ready to be framed once for every subscriber.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["channel_event", "encode", "error_frame"]
+import attrs
+
+from sockudo_tw.pusher.errors import PusherError, PusherErrorCode
+
+__all__ = [
+    "MISSING",
+    "Inbound",
+    "cache_miss",
+    "channel_event",
+    "client_event",
+    "command_data",
+    "connection_established",
+    "decode",
+    "encode",
+    "error_frame",
+    "member_added",
+    "member_removed",
+    "ping",
+    "pong",
+    "relay_data",
+    "signin_success",
+    "subscription_count",
+    "subscription_error",
+    "subscription_succeeded",
+    "watchlist_events",
+]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
@@ -41,3 +67,211 @@ def error_frame(code: int | None, message: str) -> bytes:
     handshake).
     """
     return encode({"event": "pusher:error", "data": {"code": code, "message": message}})
+
+
+# ---------------------------------------------------------------------------
+# Server frames with fixed shapes (pusher-protocol.md section 2.3).
+
+
+_EMPTY = "{}"
+
+
+def _text(value: Any) -> str:
+    """
+    Compact JSON text for the string-encoded C{data} of a server frame.
+    """
+    return _encoder.encode(value)
+
+
+def connection_established(socket_id: str, activity_timeout: int) -> bytes:
+    """
+    The first frame of every accepted connection.
+    """
+    data = _text({"socket_id": socket_id, "activity_timeout": activity_timeout})
+    return encode({"event": "pusher:connection_established", "data": data})
+
+
+def subscription_succeeded(channel: str, members: Mapping[str, Any] | None = None) -> bytes:
+    """
+    C{pusher_internal:subscription_succeeded}; C{members} (user id to
+    C{user_info}) makes it the presence shape with ids, hash and count.
+    """
+    if members is None:
+        data = _EMPTY
+    else:
+        data = _text(
+            {"presence": {"ids": list(members), "hash": dict(members), "count": len(members)}}
+        )
+    return encode(
+        {"event": "pusher_internal:subscription_succeeded", "channel": channel, "data": data}
+    )
+
+
+def member_added(channel: str, user_id: str, user_info: Any) -> bytes:
+    """
+    C{pusher_internal:member_added} for the other members of a presence
+    channel.
+    """
+    data = _text({"user_id": user_id, "user_info": user_info})
+    return encode({"event": "pusher_internal:member_added", "channel": channel, "data": data})
+
+
+def member_removed(channel: str, user_id: str) -> bytes:
+    """
+    C{pusher_internal:member_removed}, sent when a user's last socket leaves.
+    """
+    data = _text({"user_id": user_id})
+    return encode({"event": "pusher_internal:member_removed", "channel": channel, "data": data})
+
+
+def subscription_count(channel: str, count: int) -> bytes:
+    """
+    C{pusher_internal:subscription_count} (pusher-js re-emits it as
+    C{pusher:subscription_count}).
+    """
+    data = _text({"subscription_count": count})
+    return encode({"event": "pusher_internal:subscription_count", "channel": channel, "data": data})
+
+
+def cache_miss(channel: str) -> bytes:
+    """
+    C{pusher:cache_miss} for a cache channel with nothing stored.
+    """
+    return encode({"event": "pusher:cache_miss", "channel": channel, "data": _EMPTY})
+
+
+def subscription_error(channel: str, message: str, status: int) -> bytes:
+    """
+    A channel-scoped C{pusher:subscription_error} in pusher-js's own shape
+    (Laravel Echo's C{.error()} binds it).
+    """
+    data = _text({"type": "AuthError", "error": message, "status": status})
+    return encode({"event": "pusher:subscription_error", "channel": channel, "data": data})
+
+
+def signin_success(user_data: str) -> bytes:
+    """
+    C{pusher:signin_success} echoing the exact C{user_data} string signed.
+    """
+    return encode({"event": "pusher:signin_success", "data": _text({"user_data": user_data})})
+
+
+def watchlist_events(events: Sequence[tuple[str, Sequence[str]]]) -> bytes:
+    """
+    C{pusher_internal:watchlist_events} in pusher-js's format: a list of
+    C{(name, user_ids)} where name is C{online} or C{offline}.
+    """
+    data = _text({"events": [{"name": name, "user_ids": list(ids)} for name, ids in events]})
+    return encode({"event": "pusher_internal:watchlist_events", "data": data})
+
+
+def ping() -> bytes:
+    """
+    A server C{pusher:ping}.
+    """
+    return encode({"event": "pusher:ping", "data": _EMPTY})
+
+
+def pong() -> bytes:
+    """
+    The reply to a client's C{pusher:ping}.
+    """
+    return encode({"event": "pusher:pong", "data": _EMPTY})
+
+
+def client_event(event: str, channel: str, data: str | None, user_id: str | None) -> bytes:
+    """
+    A relayed client event: C{data} left out when the client sent none,
+    C{user_id} on presence channels.
+    """
+    frame: dict[str, Any] = {"event": event, "channel": channel}
+    if data is not None:
+        frame["data"] = data
+    if user_id is not None:
+        frame["user_id"] = user_id
+    return encode(frame)
+
+
+# ---------------------------------------------------------------------------
+# Inbound frames.
+
+_decoder = json.JSONDecoder()
+
+
+@attrs.frozen
+class Inbound:
+    """
+    One decoded client frame.
+
+    @ivar event: the event name.
+    @ivar channel: the top-level C{channel} field as sent (any JSON type), or
+        L{None}.
+    @ivar data: the C{data} field as sent, or L{MISSING}.
+    """
+
+    event: str
+    channel: object
+    data: object
+
+
+class _Missing:
+    """
+    Marker type for a field the client left out.
+    """
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+
+
+def decode(text: str) -> Inbound:
+    """
+    Parse one text frame.
+
+    @raise PusherError: (code 4300) when it is not a JSON object with a
+        string C{event}.
+    """
+    try:
+        frame = _decoder.decode(text)
+    except (ValueError, RecursionError):
+        raise PusherError(PusherErrorCode.GENERIC_ERROR, "Invalid JSON") from None
+    if not isinstance(frame, dict):
+        raise PusherError(PusherErrorCode.GENERIC_ERROR, "Invalid message: expected a JSON object")
+    event = frame.get("event")
+    if not isinstance(event, str) or not event:
+        raise PusherError(PusherErrorCode.GENERIC_ERROR, "Invalid message: missing event name")
+    return Inbound(event=event, channel=frame.get("channel"), data=frame.get("data", MISSING))
+
+
+def command_data(frame: Inbound) -> dict[str, Any]:
+    """
+    The C{data} of a C{pusher:*} command as an object; a string holding a JSON
+    object is accepted too (some clients double-encode).
+
+    @raise PusherError: (4300) when there is no object to read.
+    """
+    data = frame.data
+    if isinstance(data, str):
+        try:
+            data = _decoder.decode(data)
+        except (ValueError, RecursionError):
+            data = None
+    if not isinstance(data, dict):
+        raise PusherError(
+            PusherErrorCode.GENERIC_ERROR, f"Invalid data for {frame.event}: expected an object"
+        )
+    return data
+
+
+def relay_data(data: object) -> str | None:
+    """
+    A client event's C{data} as the string subscribers receive: strings pass
+    through, other JSON values are serialised, a missing field stays missing.
+    """
+    if data is MISSING:
+        return None
+    if isinstance(data, str):
+        return data
+    return _text(data)
