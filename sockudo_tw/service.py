@@ -1,0 +1,361 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+The composition root: the only module that knows every concrete class.
+
+L{make_service} turns a L{ServerConfig} into a L{SockudoService}: app
+store, cache, adapter, WebSocket and API resources under one C{Site}, one
+listener per strports description, and an ordered graceful shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from klein import Klein
+from twisted.application import strports
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource
+from twisted.web.server import Site
+
+from sockudo_tw.adapters import IAdapter
+from sockudo_tw.apps import IAppStore, MemoryAppStore
+from sockudo_tw.cache import IChannelCache, MemoryChannelCache
+from sockudo_tw.config import ServerConfig
+from sockudo_tw.web import (
+    HealthCheck,
+    HealthResource,
+    Lifecycle,
+    RedirectToHttps,
+    RootResource,
+    always_healthy,
+    make_site,
+)
+
+__all__ = [
+    "CloseConnections",
+    "SockudoService",
+    "WebSocketPart",
+    "config_listeners",
+    "escape_strport",
+    "make_service",
+]
+
+CloseConnections = Callable[[int, str], Deferred[None]]
+"""
+Close every local client with a WebSocket close code and reason; fires
+when the close frames are on their way.
+"""
+
+Step = Callable[[], Deferred[None]]
+
+SHUTDOWN_CODE = 4200
+SHUTDOWN_REASON = "Server shutting down"
+
+
+def escape_strport(value: str) -> str:
+    """
+    Escape C{value} for use inside a strports description (C{:}, C{=} and
+    backslash are special there).
+    """
+    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def config_listeners(config: ServerConfig) -> list[str]:
+    """
+    The strports descriptions of the main listener(s) the config asks for.
+
+    A Unix socket replaces TCP (Sockudo's rule); TLS turns C{tcp:} into
+    C{ssl:}. The C{ssl.redirect_http} and metrics listeners are separate
+    (see L{make_service}).
+    """
+    if config.unix_socket.enabled:
+        mode = format(config.unix_socket.permission_mode, "o")
+        return [f"unix:{escape_strport(config.unix_socket.path)}:mode={mode}:lockfile=1"]
+    interface = escape_strport(config.host)
+    if config.ssl.enabled:
+        return [
+            f"ssl:{config.port}:interface={interface}"
+            f":privateKey={escape_strport(config.ssl.key_path)}"
+            f":certKey={escape_strport(config.ssl.cert_path)}"
+        ]
+    return [f"tcp:{config.port}:interface={interface}"]
+
+
+@attrs.frozen
+class WebSocketPart:
+    """
+    What the WebSocket side hands the composition root.
+
+    @ivar resource: mounted at C{/app/}.
+    @ivar close_connections: the client-closing step of the shutdown.
+    """
+
+    resource: IResource
+    close_connections: CloseConnections
+
+
+class _StubFactory(WebSocketServerFactory):
+    """
+    Remembers open stub connections so shutdown can close them.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.open_protocols: set[WebSocketServerProtocol] = set()
+
+
+class _StubProtocol(WebSocketServerProtocol):
+    """
+    Accepts any upgrade and stays silent; the Pusher protocol replaces it.
+    """
+
+    def onOpen(self) -> None:
+        self.factory.open_protocols.add(self)
+
+    def onClose(
+        self,
+        wasClean: bool,  # noqa: N803
+        code: int | None,
+        reason: str | None,
+    ) -> None:
+        self.factory.open_protocols.discard(self)
+
+
+def _websocket_resource(
+    config: ServerConfig,
+    reactor: Any,
+    app_store: IAppStore,
+    adapter: IAdapter | None,
+    cache: IChannelCache,
+) -> WebSocketPart:
+    """
+    Build the C{/app/} WebSocket resource (owned by the Pusher protocol
+    work; a stub until then).
+    """
+    factory = _StubFactory(reactor=reactor)
+    factory.protocol = _StubProtocol
+    factory.setProtocolOptions(webStatus=False)
+    factory.server = "sockudo-tw"
+
+    def close_connections(code: int, reason: str) -> Deferred[None]:
+        for protocol in list(factory.open_protocols):
+            protocol.sendClose(code, reason)
+        return succeed(None)
+
+    return WebSocketPart(WebSocketResource(factory), close_connections)
+
+
+def _api_resource(
+    config: ServerConfig,
+    reactor: Any,
+    app_store: IAppStore,
+    adapter: IAdapter | None,
+    cache: IChannelCache,
+) -> IResource:
+    """
+    Build the REST API resource (owned by the API work; a stub answering 404
+    until then).
+    """
+    resource: IResource = Klein().resource()
+    return resource
+
+
+def _adapter(config: ServerConfig, reactor: Any) -> tuple[IAdapter | None, HealthCheck]:
+    """
+    Build the adapter and its health check (owned by the adapter work).
+    """
+    return None, always_healthy
+
+
+class SockudoService(MultiService):
+    """
+    The root service. Its C{stopService} shuts down in order, bounded by the
+    grace period: flag draining (C{/up} answers 503), stop listening, close
+    clients with 4200, run the flush steps, run the backend-closing steps,
+    then stop the remaining child services.
+
+    @ivar flush_steps: called in order after clients are closed (pending
+        webhooks and other queued work).
+    @ivar close_steps: called in order last (Redis connections and other
+        backends).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        grace_period: float,
+        close_connections: CloseConnections,
+        lifecycle: Lifecycle | None = None,
+        log_observer: ILogObserver | None = None,
+        warnings: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        self._clock = clock
+        self.grace_period = grace_period
+        self.close_connections = close_connections
+        self.lifecycle = lifecycle if lifecycle is not None else Lifecycle()
+        self.flush_steps: list[Step] = []
+        self.close_steps: list[Step] = []
+        self.listeners: list[IService] = []
+        self._log_observer = log_observer
+        self._warnings = tuple(warnings)
+
+    def add_listener(self, listener: IService) -> None:
+        """
+        Add a listening service; these stop first at shutdown.
+        """
+        self.listeners.append(listener)
+        listener.setServiceParent(self)
+
+    def setServiceParent(self, parent: Any) -> None:  # noqa: N802
+        """
+        Join C{parent}; under twistd (an C{Application}) install our log
+        observer there, which twistd then uses instead of its own.
+        """
+        super().setServiceParent(parent)
+        if self._log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self._log_observer)
+
+    def startService(self) -> None:
+        """
+        Log ignored config keys, then start every child.
+        """
+        for warning in self._warnings:
+            self._log.warn("Config: {warning}", warning=warning)
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        The ordered graceful shutdown; see the class docstring.
+        """
+        self.lifecycle.draining = True
+        self._log.info("Shutting down (grace period {grace}s)", grace=self.grace_period)
+        d = Deferred.fromCoroutine(self._drain())
+        d.addTimeout(self.grace_period, self._clock)
+
+        def failed(failure: Failure) -> None:
+            if failure.check(TimeoutError):
+                self._log.warn(
+                    "Shutdown steps did not finish within {grace}s; stopping anyway",
+                    grace=self.grace_period,
+                )
+            else:
+                self._log.failure("Shutdown step failed", failure)
+
+        d.addErrback(failed)
+        d.addCallback(lambda _: self._stop_rest())
+        return d
+
+    async def _drain(self) -> None:
+        """
+        The steps that may take time, in order.
+        """
+        await self._stop_listeners()
+        await self.close_connections(SHUTDOWN_CODE, SHUTDOWN_REASON)
+        for step in self.flush_steps:
+            await step()
+        for step in self.close_steps:
+            await step()
+
+    async def _stop_listeners(self) -> None:
+        """
+        Stop accepting new connections on every listener at once.
+        """
+        stopping = []
+        for listener in self.listeners:
+            if listener.running:
+                result = listener.stopService()
+                if isinstance(result, Deferred):
+                    stopping.append(result)
+        if stopping:
+            await DeferredList(stopping, consumeErrors=True)
+
+    def _stop_rest(self) -> Deferred[None]:
+        """
+        Stop every child that is still running (the listeners too, if a
+        timeout cut the drain short), then mark this service stopped.
+        """
+        Service.stopService(self)
+        stopping = []
+        for child in reversed(list(self)):
+            if child.running:
+                result = child.stopService()
+                if isinstance(result, Deferred):
+                    stopping.append(result)
+        done: Deferred[Any] = DeferredList(stopping, consumeErrors=True)
+        return done.addCallback(lambda _: None)
+
+
+def make_service(
+    config: ServerConfig,
+    reactor: Any,
+    listen: Sequence[str] = (),
+    log_observer: ILogObserver | None = None,
+    metrics_resource: IResource | None = None,
+) -> SockudoService:
+    """
+    Compose the daemon from C{config}.
+
+    @param reactor: used for listening and every timer.
+    @param listen: strports descriptions that replace the config's
+        listeners (C{--listen}).
+    @param log_observer: installed into twistd's application, if given.
+    @param metrics_resource: served on its own listener at
+        C{metrics.host:metrics.port} when C{metrics.enabled}; L{None} until
+        the metrics module provides it.
+    """
+    log = Logger(namespace="sockudo_tw.service")
+    warnings = list(config.warnings)
+    if config.app_manager.driver != "memory":
+        warnings.append(
+            f"app_manager.driver: {config.app_manager.driver!r} is not available yet; using memory"
+        )
+    app_store = MemoryAppStore(config.app_manager.apps)
+    cache = MemoryChannelCache(reactor)
+    adapter, adapter_health = _adapter(config, reactor)
+    websocket = _websocket_resource(config, reactor, app_store, adapter, cache)
+    api = _api_resource(config, reactor, app_store, adapter, cache)
+    lifecycle = Lifecycle()
+    health = HealthResource(app_store, adapter_health, lifecycle, reactor)
+    site = make_site(RootResource(websocket.resource, api, health))
+
+    root = SockudoService(
+        reactor,
+        config.shutdown_grace_period,
+        websocket.close_connections,
+        lifecycle,
+        log_observer,
+        warnings,
+    )
+    descriptions = list(listen) or config_listeners(config)
+    for description in descriptions:
+        root.add_listener(strports.service(description, site, reactor=reactor))
+    if not listen and config.ssl.enabled and config.ssl.redirect_http:
+        redirect = make_site(RedirectToHttps(config.port))
+        interface = escape_strport(config.host)
+        root.add_listener(
+            strports.service(
+                f"tcp:{config.ssl.http_port}:interface={interface}", redirect, reactor=reactor
+            )
+        )
+    if config.metrics.enabled and metrics_resource is not None:
+        metrics_site = Site(metrics_resource)
+        interface = escape_strport(config.metrics.host)
+        root.add_listener(
+            strports.service(
+                f"tcp:{config.metrics.port}:interface={interface}", metrics_site, reactor=reactor
+            )
+        )
+    log.debug("Listening on {descriptions}", descriptions=descriptions)
+    return root

@@ -1,0 +1,112 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The twistd entry point: C{twistd sockudo [--config FILE] [--listen STRPORT]}.
+
+C{postOptions} loads and validates the whole configuration, so a bad file or
+environment variable stops twistd with a usage error before it binds a port
+or daemonizes. C{makeService} hands over to L{sockudo_tw.service}.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import IO, Any
+
+from twisted.application.service import IService
+from twisted.internet import endpoints
+from twisted.internet.testing import MemoryReactor
+from twisted.python import usage
+from twisted.python.logfile import LogFile
+
+from sockudo_tw.config import ConfigError, ServerConfig, load_config
+from sockudo_tw.logs import make_log_observer
+
+__all__ = ["Options", "makeService"]
+
+
+class Options(usage.Options):
+    """
+    Command-line options of the C{sockudo} twistd plugin.
+
+    @ivar environ: the environment the config overrides are read from
+        (tests replace it before C{parseOptions}).
+    @ivar server_config: the parsed configuration, after C{postOptions}.
+    """
+
+    synopsis = "[--config FILE] [--listen STRPORT ...]"
+    longdesc = (
+        "Run a Pusher Channels server. Without --config it listens on 0.0.0.0:6001 with one "
+        "app (app-id/app-key/app-secret, or SOCKUDO_DEFAULT_APP_*). Environment variables "
+        "override the config file as in Sockudo."
+    )
+    optParameters = [
+        ["config", "c", None, "Sockudo-style config.json to load."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self.environ: Mapping[str, str] = os.environ
+        self.server_config: ServerConfig | None = None
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Listen on this strports description instead of the config's
+        listeners (repeatable), e.g. tcp:6001 or unix:/run/sockudo.sock.
+        """
+        try:
+            endpoints.serverFromString(MemoryReactor(), description)
+        except (ValueError, KeyError, TypeError) as e:
+            raise usage.UsageError(f"--listen {description!r}: {e}") from None
+        self["listen"].append(description)
+
+    opt_l = opt_listen
+
+    def postOptions(self) -> None:
+        """
+        Load and check the configuration now, before anything is bound.
+        """
+        try:
+            self.server_config = load_config(self["config"], self.environ)
+        except ConfigError as e:
+            raise usage.UsageError(f"invalid configuration: {e}") from None
+
+
+def _log_output(options: Options) -> IO[str] | None:
+    """
+    Where twistd would have logged (its C{--logfile}), so our observer can
+    take its place; L{None} when twistd logs elsewhere (syslog).
+    """
+    parent: Any = getattr(options, "parent", None)
+    if parent is None:
+        return sys.stdout
+    if parent.get("syslog"):
+        return None
+    logfile = parent.get("logfile")
+    if logfile == "-" or (not logfile and parent.get("nodaemon")):
+        return sys.stdout
+    path = logfile or "twistd.log"
+    output: IO[str] = LogFile.fromFullPath(path)
+    return output
+
+
+def makeService(options: Options) -> IService:
+    """
+    Build the daemon's root service from parsed options.
+    """
+    from twisted.internet import reactor
+
+    from sockudo_tw.service import make_service
+
+    config = options.server_config
+    if config is None:
+        raise usage.UsageError("options were not parsed")
+    output = _log_output(options)
+    observer = (
+        None
+        if output is None
+        else make_log_observer(output, config.logging.output_format, config.debug)
+    )
+    return make_service(config, reactor, listen=options["listen"], log_observer=observer)
