@@ -11,9 +11,37 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
-__all__ = ["IAdapter"]
+from sockudo_tw.pusher.presence import PresenceMember
+from sockudo_tw.registry import SignInOutcome, SocketRemoval, SubscribeOutcome, UnsubscribeOutcome
+
+__all__ = ["IAdapter", "ILocalSocket"]
+
+
+class ILocalSocket(Interface):
+    """
+    A client connection on this node, as the adapter sees it: somewhere to
+    deliver frames to.
+    """
+
+    socket_id = Attribute("The connection's Pusher socket id (C{str}).")
+
+    def send_frame(frame: bytes) -> None:
+        """
+        Send one serialised Pusher frame (framed for this connection).
+        """
+
+    def send_wire(wire: bytes) -> None:
+        """
+        Send a message already framed as a WebSocket text frame (the
+        broadcast path frames once for every subscriber).
+        """
+
+    def close(code: int, reason: str) -> None:
+        """
+        Close the connection with C{pusher:error} and this close code.
+        """
 
 
 class IAdapter(Interface):
@@ -53,4 +81,52 @@ class IAdapter(Interface):
     def terminate_user_connections(app_id: str, user_id: str) -> None:
         """
         Close (4009) every socket signed in as C{user_id}, on every node.
+        """
+
+    # -- membership: the transitions the WebSocket glue needs decided ------
+    # In a cluster these are cluster-wide facts (first socket of a user
+    # anywhere, last socket of a channel anywhere), so the adapter, not the
+    # glue, decides them and says so in its outcomes.
+
+    def add_socket(app_id: str, socket: ILocalSocket) -> None:
+        """
+        Register an accepted connection on this node.
+        """
+
+    def has_socket(socket_id: str) -> bool:
+        """
+        Whether this node already has a connection with C{socket_id}.
+        """
+
+    def remove_socket(app_id: str, socket_id: str) -> Deferred[SocketRemoval[ILocalSocket]]:
+        """
+        Forget a connection: leave its channels, sign it out, drop its
+        watchlist; watchers of a user who went offline are told by the
+        adapter. The outcome lists the channel transitions.
+        """
+
+    def subscribe(
+        app_id: str,
+        channel: str,
+        socket_id: str,
+        member: PresenceMember | None,
+        max_members: int,
+    ) -> Deferred[SubscribeOutcome]:
+        """
+        Add the socket to C{channel}; presence channels refuse a new user
+        once C{max_members} users are in (0 is unlimited).
+        """
+
+    def unsubscribe(app_id: str, channel: str, socket_id: str) -> Deferred[UnsubscribeOutcome]:
+        """
+        Remove the socket from C{channel}.
+        """
+
+    def sign_in(
+        app_id: str, socket_id: str, user_id: str, watchlist: tuple[str, ...]
+    ) -> Deferred[SignInOutcome[ILocalSocket]]:
+        """
+        Record the socket's signed-in user and watchlist; watchers of a user
+        who came online are told by the adapter. The outcome has the
+        watched ids' online state.
         """
