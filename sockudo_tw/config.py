@@ -550,10 +550,11 @@ class _Section:
 
     def finish(self) -> None:
         """
-        Record a warning for every key nobody read.
+        Record a warning for every key nobody read (C{_comment*} keys are
+        annotations and are skipped).
         """
         for key in self._data:
-            if key not in self._read:
+            if key not in self._read and not key.startswith("_comment"):
                 self._warnings.append(f"{self._key(key)}: not implemented, ignored")
 
 
