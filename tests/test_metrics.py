@@ -1,0 +1,597 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+Tests for L{sockudo_tw.metrics}: Sockudo's exact metric names, types and
+labels, gauges computed at scrape time, and the metrics listener.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import attrs
+from prometheus_client import CollectorRegistry
+from treq.testing import StubTreq
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.testing import MemoryReactor
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
+from twisted.web.test.requesthelper import DummyRequest
+
+from sockudo_tw.metrics import (
+    CONNECTION_ERROR_TYPES,
+    CONTENT_TYPE,
+    UNKNOWN_APP,
+    AppMetrics,
+    MetricsResource,
+    PusherMetrics,
+    channel_type_label,
+    generate_text,
+    metrics_endpoint,
+    metrics_service,
+    metrics_site,
+    recipient_count_bucket,
+)
+from sockudo_tw.pusher.channels import channel_type
+
+_BASE = frozenset({"app_id", "port"})
+
+#: sockudo-reference.md section 6: name -> (type, labels).
+SOCKUDO_METRICS: dict[str, tuple[str, frozenset[str]]] = {
+    "sockudo_connected": ("gauge", _BASE),
+    "sockudo_new_connections_total": ("counter", _BASE),
+    "sockudo_new_disconnections_total": ("counter", _BASE),
+    "sockudo_connection_errors_total": ("counter", _BASE | {"error_type"}),
+    "sockudo_socket_received_bytes": ("counter", _BASE),
+    "sockudo_socket_transmitted_bytes": ("counter", _BASE),
+    "sockudo_ws_messages_received_total": ("counter", _BASE),
+    "sockudo_ws_messages_sent_total": ("counter", _BASE),
+    "sockudo_http_received_bytes": ("counter", _BASE),
+    "sockudo_http_transmitted_bytes": ("counter", _BASE),
+    "sockudo_http_calls_received_total": ("counter", _BASE),
+    "sockudo_horizontal_adapter_resolve_time": ("histogram", _BASE),
+    "sockudo_horizontal_adapter_resolved_promises": ("counter", _BASE),
+    "sockudo_horizontal_adapter_uncomplete_promises": ("counter", _BASE),
+    "sockudo_horizontal_adapter_sent_requests": ("counter", _BASE),
+    "sockudo_horizontal_adapter_received_requests": ("counter", _BASE),
+    "sockudo_horizontal_adapter_received_responses": ("counter", _BASE),
+    "sockudo_rate_limit_checks_total": ("counter", _BASE | {"limiter_type", "request_context"}),
+    "sockudo_rate_limit_triggered_total": ("counter", _BASE | {"limiter_type", "request_context"}),
+    "sockudo_channel_subscriptions_total": ("counter", _BASE | {"channel_type"}),
+    "sockudo_channel_unsubscriptions_total": ("counter", _BASE | {"channel_type"}),
+    "sockudo_active_channels": ("gauge", _BASE | {"channel_type"}),
+    "sockudo_broadcast_latency_ms": (
+        "histogram",
+        _BASE | {"channel_type", "recipient_count_bucket"},
+    ),
+}
+
+#: Ours (issue 7 point 2): name -> (type, labels).
+OUR_METRICS: dict[str, tuple[str, frozenset[str]]] = {
+    "sockudo_broadcast_fanout_size": ("histogram", _BASE),
+    "sockudo_broadcast_fanout_duration_ms": ("histogram", _BASE),
+    "sockudo_http_request_duration_ms": ("histogram", _BASE),
+    "sockudo_outbound_buffer_closes_total": ("counter", _BASE),
+    "sockudo_cluster_link_up": ("gauge", frozenset({"port", "link"})),
+    "sockudo_webhooks_sent_total": ("counter", _BASE),
+    "sockudo_webhooks_failed_total": ("counter", _BASE),
+    "sockudo_webhook_retries_total": ("counter", _BASE),
+    "sockudo_webhook_queue_depth": ("gauge", frozenset({"port"})),
+}
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
+
+
+@attrs.frozen
+class Sample:
+    """
+    One exposed series value.
+    """
+
+    name: str
+    labels: Mapping[str, str]
+    value: float
+
+
+@attrs.frozen
+class Scrape:
+    """
+    A parsed text exposition: family types and every sample.
+    """
+
+    types: Mapping[str, str]
+    samples: list[Sample]
+
+    @classmethod
+    def parse(cls, text: bytes) -> Scrape:
+        """
+        Parse the Prometheus text format as written by L{generate_text}.
+        """
+        types: dict[str, str] = {}
+        samples: list[Sample] = []
+        for line in text.decode("utf-8").splitlines():
+            if line.startswith("# TYPE "):
+                _, _, name, kind = line.split(" ")
+                types[name] = kind
+            elif line and not line.startswith("#"):
+                match = _SAMPLE.match(line)
+                assert match is not None, line
+                name, labels, value = match.groups()
+                samples.append(Sample(name, dict(_LABEL.findall(labels or "")), float(value)))
+        return cls(types, samples)
+
+    def family(self, name: str) -> list[Sample]:
+        """
+        The samples of family C{name} (with a histogram's suffixes).
+        """
+        names = {name} | {name + suffix for suffix in _HISTOGRAM_SUFFIXES}
+        return [sample for sample in self.samples if sample.name in names]
+
+    def value(self, name: str, **labels: str) -> float:
+        """
+        The value of the one sample C{name} whose labels include C{labels}.
+        """
+        found = [
+            sample.value
+            for sample in self.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        ]
+        assert len(found) == 1, (name, labels, found)
+        return found[0]
+
+
+def scrape(registry: CollectorRegistry) -> Scrape:
+    """
+    Scrape C{registry} as the metrics resource would.
+    """
+    return Scrape.parse(generate_text(registry))
+
+
+def exercise(app: AppMetrics) -> None:
+    """
+    Record at least one event of every kind on C{app}.
+    """
+    app.connection_opened()
+    app.connection_closed()
+    app.connection_error("app_disabled")
+    app.message_received(12)
+    app.messages_sent(5, count=3)
+    app.outbound_buffer_closed()
+    app.subscribed("presence")
+    app.unsubscribed("presence")
+    app.broadcast("public", recipients=3, fanout_ms=0.2, latency_ms=1.5)
+    app.http_call(100, 20, duration_ms=3.0)
+    app.rate_limit_check("client_events", "unknown", triggered=True)
+    app.adapter_request_sent()
+    app.adapter_request_received()
+    app.adapter_response_received()
+    app.adapter_request_resolved(0.02, complete=True)
+    app.adapter_request_resolved(7.0, complete=False)
+    app.webhook_sent()
+    app.webhook_failed()
+    app.webhook_retried()
+
+
+def busy_metrics(registry: CollectorRegistry, **kwargs: object) -> PusherMetrics:
+    """
+    A L{PusherMetrics} on C{registry} with every source reporting and every
+    kind of event recorded for app C{"app-1"}.
+    """
+    sources: dict[str, object] = {
+        "connections": lambda: {"app-1": 2},
+        "active_channels": lambda: {"app-1": {"public": 1}},
+        "cluster_links": lambda: {"publisher": True, "subscriber": False},
+        "webhook_queue_depth": lambda: 4,
+    }
+    sources.update(kwargs)
+    metrics = PusherMetrics(registry, **sources)  # type: ignore[arg-type]
+    exercise(metrics.app("app-1"))
+    return metrics
+
+
+class ExpositionTests(SynchronousTestCase):
+    """
+    The scrape carries Sockudo's metrics exactly as Sockudo names them.
+    """
+
+    def assert_families(self, expected: Mapping[str, tuple[str, frozenset[str]]]) -> None:
+        """
+        Every family in C{expected} is exposed with its type, has samples,
+        and every sample carries exactly the expected label names.
+        """
+        result = scrape(self.registry)
+        for name, (kind, labels) in expected.items():
+            self.assertEqual(result.types.get(name), kind, name)
+            samples = result.family(name)
+            self.assertTrue(samples, name)
+            for sample in samples:
+                wanted = labels | {"le"} if sample.name == name + "_bucket" else labels
+                self.assertEqual(set(sample.labels), wanted, sample)
+
+    def setUp(self) -> None:
+        """
+        A fresh registry with one busy L{PusherMetrics}.
+        """
+        self.registry = CollectorRegistry()
+        busy_metrics(self.registry)
+
+    def test_sockudo_metrics(self) -> None:
+        """
+        Every metric of sockudo-reference.md section 6 is exposed with the
+        same name, type and labels.
+        """
+        self.assert_families(SOCKUDO_METRICS)
+
+    def test_our_metrics(self) -> None:
+        """
+        Our additions (fan-out, slow consumers, cluster link, webhooks, API
+        latency) are exposed with their types and labels.
+        """
+        self.assert_families(OUR_METRICS)
+
+    def test_nothing_else(self) -> None:
+        """
+        The scrape holds exactly the documented families, every sample
+        belongs to its C{TYPE} line (no C{x_total} header over an C{x}
+        series) and there is no C{_created} series.
+        """
+        result = scrape(self.registry)
+        self.assertEqual(set(result.types), set(SOCKUDO_METRICS) | set(OUR_METRICS))
+        for sample in result.samples:
+            owner = sample.name
+            if owner not in result.types:
+                owner = re.sub(r"_(bucket|count|sum)$", "", owner)
+                self.assertEqual(result.types.get(owner), "histogram", sample)
+            self.assertFalse(sample.name.endswith("_created"), sample)
+
+    def test_bare_counter_header(self) -> None:
+        """
+        Counters Sockudo names without C{_total} keep that name in their
+        C{HELP} and C{TYPE} lines too.
+        """
+        text = generate_text(self.registry).decode()
+        self.assertIn("\n# TYPE sockudo_socket_received_bytes counter\n", text)
+        self.assertIn(
+            "\n# HELP sockudo_socket_received_bytes Total amount of bytes that sockudo received\n",
+            text,
+        )
+        self.assertNotIn("sockudo_socket_received_bytes_total", text)
+        self.assertIn("\n# TYPE sockudo_new_connections_total counter\n", text)
+
+    def test_values(self) -> None:
+        """
+        Each event adds what Sockudo adds: a broadcast counts size times
+        recipients, a resolved request counts as resolved or uncomplete.
+        """
+        result = scrape(self.registry)
+        app = {"app_id": "app-1", "port": "9601"}
+        self.assertEqual(result.value("sockudo_ws_messages_sent_total", **app), 3)
+        self.assertEqual(result.value("sockudo_socket_transmitted_bytes", **app), 15)
+        self.assertEqual(result.value("sockudo_socket_received_bytes", **app), 12)
+        self.assertEqual(result.value("sockudo_http_received_bytes", **app), 100)
+        self.assertEqual(result.value("sockudo_http_transmitted_bytes", **app), 20)
+        self.assertEqual(result.value("sockudo_horizontal_adapter_resolved_promises", **app), 1)
+        self.assertEqual(result.value("sockudo_horizontal_adapter_uncomplete_promises", **app), 1)
+        self.assertEqual(result.value("sockudo_horizontal_adapter_resolve_time_count", **app), 2)
+        self.assertEqual(
+            result.value(
+                "sockudo_rate_limit_triggered_total",
+                limiter_type="client_events",
+                request_context="unknown",
+            ),
+            1,
+        )
+        self.assertEqual(
+            result.value(
+                "sockudo_broadcast_latency_ms_count",
+                channel_type="public",
+                recipient_count_bucket="xs",
+            ),
+            1,
+        )
+
+    def test_counters_start_at_zero(self) -> None:
+        """
+        Once an app is known, its counters are exposed at zero, so the first
+        event shows in C{rate()}.
+        """
+        registry = CollectorRegistry()
+        PusherMetrics(registry).app("quiet")
+        result = scrape(registry)
+        self.assertEqual(result.value("sockudo_new_connections_total", app_id="quiet"), 0)
+        self.assertEqual(result.value("sockudo_socket_received_bytes", app_id="quiet"), 0)
+
+    def test_prefix_and_port(self) -> None:
+        """
+        The prefix replaces C{sockudo_} in every name and C{port} carries the
+        metrics listener port given.
+        """
+        registry = CollectorRegistry()
+        exercise(PusherMetrics(registry, prefix="pusher_", port=9999).app("a"))
+        result = scrape(registry)
+        self.assertIn("pusher_socket_received_bytes", result.types)
+        self.assertIn(
+            "\n# TYPE pusher_socket_received_bytes counter\n", generate_text(registry).decode()
+        )
+        for sample in result.samples:
+            self.assertTrue(sample.name.startswith("pusher_"), sample)
+            self.assertEqual(sample.labels["port"], "9999")
+
+    def test_one_collector_per_registry(self) -> None:
+        """
+        A second L{PusherMetrics} with the same prefix on one registry is
+        refused rather than exporting duplicate series.
+        """
+        self.assertRaises(ValueError, PusherMetrics, self.registry)
+
+    def test_histogram_buckets(self) -> None:
+        """
+        Buckets are cumulative and their bounds inclusive: 1.0 ms counts in
+        C{le="1.0"}, 1.5 ms only from C{le="2.5"}.
+        """
+        registry = CollectorRegistry()
+        app = PusherMetrics(registry).app("a")
+        app.http_call(0, 0, duration_ms=1.0)
+        app.http_call(0, 0, duration_ms=1.5)
+        app.http_call(0, 0, duration_ms=99999.0)
+        result = scrape(registry)
+        name = "sockudo_http_request_duration_ms_bucket"
+        self.assertEqual(result.value(name, le="0.5"), 0)
+        self.assertEqual(result.value(name, le="1.0"), 1)
+        self.assertEqual(result.value(name, le="2.5"), 2)
+        self.assertEqual(result.value(name, le="1000.0"), 2)
+        self.assertEqual(result.value(name, le="+Inf"), 3)
+        self.assertEqual(result.value("sockudo_http_request_duration_ms_sum"), 100001.5)
+
+    def test_connection_error_types(self) -> None:
+        """
+        Each of Sockudo's error types is its own series, and errors before
+        an app is known go to the fixed L{UNKNOWN_APP} label.
+        """
+        registry = CollectorRegistry()
+        metrics = PusherMetrics(registry)
+        for error_type in CONNECTION_ERROR_TYPES:
+            metrics.app(UNKNOWN_APP).connection_error(error_type)
+        metrics.app(UNKNOWN_APP).connection_error("app_not_found")
+        result = scrape(registry)
+        samples = result.family("sockudo_connection_errors_total")
+        self.assertEqual(len(samples), len(CONNECTION_ERROR_TYPES))
+        self.assertEqual(
+            result.value("sockudo_connection_errors_total", error_type="app_not_found"), 2
+        )
+        self.assertEqual({sample.labels["app_id"] for sample in samples}, {"unknown"})
+
+
+class LabelTests(SynchronousTestCase):
+    """
+    The label values shared with Sockudo.
+    """
+
+    def test_recipient_count_bucket(self) -> None:
+        """
+        The buckets end at 10, 100, 1000 and 10000 inclusive.
+        """
+        cases = {
+            0: "xs",
+            10: "xs",
+            11: "sm",
+            100: "sm",
+            101: "md",
+            1000: "md",
+            1001: "lg",
+            10000: "lg",
+            10001: "xl",
+        }
+        self.assertEqual({n: recipient_count_bucket(n) for n in cases}, cases)
+
+    def test_channel_type_label(self) -> None:
+        """
+        Cache channels are C{cache}; others are their kind.
+        """
+        cases = {
+            "news": "public",
+            "private-a": "private",
+            "private-encrypted-a": "private_encrypted",
+            "presence-a": "presence",
+            "cache-a": "cache",
+            "private-cache-a": "cache",
+            "presence-cache-a": "cache",
+        }
+        self.assertEqual({name: channel_type_label(channel_type(name)) for name in cases}, cases)
+
+
+class ScrapeTimeGaugeTests(SynchronousTestCase):
+    """
+    Current-state gauges are read from their sources at scrape time, so they
+    cannot drift from the truth.
+    """
+
+    def test_connected_follows_source(self) -> None:
+        """
+        C{connected} is whatever the source says at each scrape, whatever
+        the connect and disconnect counters say.
+        """
+        sockets = {"a": 3}
+        registry = CollectorRegistry()
+        metrics = PusherMetrics(registry, connections=lambda: sockets)
+        app = metrics.app("a")
+        for _ in range(5):
+            app.connection_opened()
+        self.assertEqual(scrape(registry).value("sockudo_connected", app_id="a"), 3)
+        sockets["a"] = 1
+        sockets["b"] = 7
+        result = scrape(registry)
+        self.assertEqual(result.value("sockudo_connected", app_id="a"), 1)
+        self.assertEqual(result.value("sockudo_connected", app_id="b"), 7)
+
+    def test_connected_zero_for_known_app(self) -> None:
+        """
+        An app with metrics but no open socket reports 0 rather than
+        vanishing from the scrape.
+        """
+        registry = CollectorRegistry()
+        PusherMetrics(registry, connections=dict).app("a").connection_closed()
+        self.assertEqual(scrape(registry).value("sockudo_connected", app_id="a"), 0)
+
+    def test_active_channels(self) -> None:
+        """
+        C{active_channels} reports the source's counts and zero for the other
+        channel types of known apps.
+        """
+        registry = CollectorRegistry()
+        metrics = PusherMetrics(
+            registry, active_channels=lambda: {"a": {"presence": 2, "server_to_user": 1}}
+        )
+        metrics.app("b")
+        result = scrape(registry)
+        name = "sockudo_active_channels"
+        self.assertEqual(result.value(name, app_id="a", channel_type="presence"), 2)
+        self.assertEqual(result.value(name, app_id="a", channel_type="server_to_user"), 1)
+        self.assertEqual(result.value(name, app_id="a", channel_type="public"), 0)
+        self.assertEqual(result.value(name, app_id="b", channel_type="cache"), 0)
+
+    def test_cluster_link(self) -> None:
+        """
+        Each cluster link is 1 when up and 0 when down, as of the scrape.
+        """
+        links = {"publisher": True, "subscriber": True}
+        registry = CollectorRegistry()
+        PusherMetrics(registry, cluster_links=lambda: links)
+        self.assertEqual(scrape(registry).value("sockudo_cluster_link_up", link="subscriber"), 1)
+        links["subscriber"] = False
+        self.assertEqual(scrape(registry).value("sockudo_cluster_link_up", link="subscriber"), 0)
+
+    def test_single_node(self) -> None:
+        """
+        Without cluster links or a webhook queue, those families are absent.
+        """
+        registry = CollectorRegistry()
+        PusherMetrics(registry).app("a")
+        result = scrape(registry)
+        self.assertNotIn("sockudo_cluster_link_up", result.types)
+        self.assertNotIn("sockudo_webhook_queue_depth", result.types)
+
+    def test_webhook_queue_depth(self) -> None:
+        """
+        The webhook queue depth is read at scrape time.
+        """
+        depth = [5]
+        registry = CollectorRegistry()
+        PusherMetrics(registry, webhook_queue_depth=lambda: depth[0])
+        self.assertEqual(scrape(registry).value("sockudo_webhook_queue_depth", port="9601"), 5)
+        depth[0] = 0
+        self.assertEqual(scrape(registry).value("sockudo_webhook_queue_depth"), 0)
+
+    def test_failing_source(self) -> None:
+        """
+        A source that raises is logged and drops only its own family from
+        that scrape.
+        """
+
+        def broken() -> Mapping[str, int]:
+            raise ZeroDivisionError()
+
+        registry = CollectorRegistry()
+        PusherMetrics(registry, connections=broken).app("a").connection_opened()
+        result = scrape(registry)
+        self.assertNotIn("sockudo_connected", result.types)
+        self.assertEqual(result.value("sockudo_new_connections_total", app_id="a"), 1)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
+@attrs.define
+class _Writer:
+    """
+    A log file collecting its lines.
+    """
+
+    lines: list[str]
+
+    def write(self, line: str) -> None:
+        """
+        Keep C{line}.
+        """
+        self.lines.append(line)
+
+
+class ResourceTests(SynchronousTestCase):
+    """
+    The leaf resource, the metrics Site and its listener.
+    """
+
+    def test_render(self) -> None:
+        """
+        C{GET} returns the registry in the 0.0.4 text format, computed at
+        request time.
+        """
+        sockets = {"a": 1}
+        registry = CollectorRegistry()
+        PusherMetrics(registry, connections=lambda: sockets)
+        resource = MetricsResource(registry)
+        sockets["a"] = 4
+        request = DummyRequest([b""])
+        body = resource.render(request)
+        self.assertEqual(
+            request.responseHeaders.getRawHeaders(b"content-type"), [CONTENT_TYPE.encode()]
+        )
+        self.assertTrue(CONTENT_TYPE.startswith("text/plain; version=0.0.4"))
+        self.assertEqual(Scrape.parse(body).value("sockudo_connected", app_id="a"), 4)
+
+    def test_site(self) -> None:
+        """
+        The metrics Site serves C{/metrics} and 404s everything else.
+        """
+        registry = CollectorRegistry()
+        busy_metrics(registry)
+        treq = StubTreq(metrics_site(registry).resource)
+        response = self.successResultOf(treq.get("http://metrics.test/metrics"))
+        self.assertEqual(response.code, 200)
+        body = self.successResultOf(treq.content(response))
+        self.assertEqual(Scrape.parse(body).value("sockudo_connected", app_id="app-1"), 2)
+        missing = self.successResultOf(treq.get("http://metrics.test/"))
+        self.assertEqual(missing.code, 404)
+        other = self.successResultOf(treq.get("http://metrics.test/apps/1/events"))
+        self.assertEqual(other.code, 404)
+
+    def test_site_has_no_access_log(self) -> None:
+        """
+        Scrapes write no access log line (Prometheus scrapes every few
+        seconds).
+        """
+        written: list[str] = []
+        site = metrics_site(CollectorRegistry())
+        site._logFile = _Writer(written)  # type: ignore[attr-defined]
+        site._logFormatter = lambda timestamp, request: "GET /metrics"  # type: ignore[attr-defined]
+        site.log(DummyRequest([b"metrics"]))  # type: ignore[arg-type]
+        self.assertEqual(written, [])
+        # The same call on a plain Site does write: the check can fail.
+        plain = Site(MetricsResource(CollectorRegistry()), logFormatter=site._logFormatter)  # type: ignore[attr-defined]
+        plain._logFile = site._logFile  # type: ignore[attr-defined]
+        plain.log(DummyRequest([b"metrics"]))  # type: ignore[arg-type]
+        self.assertEqual(written, ["GET /metrics\n"])
+
+    def test_endpoint(self) -> None:
+        """
+        The listener endpoint follows the host's address family.
+        """
+        reactor = MemoryReactor()
+        self.assertIsInstance(metrics_endpoint(reactor, "0.0.0.0", 9601), TCP4ServerEndpoint)
+        self.assertIsInstance(metrics_endpoint(reactor, "::", 9601), TCP6ServerEndpoint)
+
+    def test_service(self) -> None:
+        """
+        The metrics service listens on C{metrics.host:metrics.port} with the
+        metrics Site, and stops listening when stopped.
+        """
+        reactor = MemoryReactor()
+        registry = CollectorRegistry()
+        service = metrics_service(reactor, registry, "127.0.0.1", 9601)
+        self.assertEqual(service.name, "metrics")
+        service.startService()
+        [(port, factory, _backlog, interface)] = reactor.tcpServers
+        self.assertEqual((port, interface), (9601, "127.0.0.1"))
+        self.assertIsInstance(factory, Site)
+        self.assertIsInstance(factory.resource.getStaticEntity(b"metrics"), MetricsResource)
+        self.successResultOf(service.stopService())
