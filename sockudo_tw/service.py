@@ -162,11 +162,39 @@ def _api_resource(
     cache: IChannelCache,
 ) -> IResource:
     """
-    Build the REST API resource (owned by the API work; a stub answering 404
-    until then).
+    Build the REST API resource: L{sockudo_tw.api.PusherApi} behind the
+    C{rate_limiter.api_rate_limit} IP limiter (memory backend) when the
+    limiter is enabled. Without an adapter there is nothing to deliver
+    through, so it answers 404 until the adapter is wired.
     """
-    resource: IResource = Klein().resource()
-    return resource
+    from sockudo_tw.api import PusherApi
+    from sockudo_tw.ratelimit import MemoryRateLimiter, RateLimitedResource, RateLimitRule
+
+    if adapter is None:
+        stub: IResource = Klein().resource()
+        return stub
+    limiter = MemoryRateLimiter(reactor)
+    api = PusherApi(
+        clock=reactor,
+        app_store=app_store,
+        adapter=adapter,
+        cache=cache,
+        rate_limiter=limiter,
+        request_limit_in_mb=config.http_api_request_limit_in_mb,
+        cors_origins=config.cors.origin,
+        cors_methods=config.cors.methods,
+        cors_headers=config.cors.allowed_headers,
+        cors_credentials=config.cors.credentials,
+    )
+    resource = api.resource()
+    if not config.rate_limiter.enabled:
+        return resource
+    rule = config.rate_limiter.api_rate_limit
+    return RateLimitedResource(
+        resource,
+        limiter,
+        RateLimitRule(rule.max_requests, rule.window_seconds, rule.identifier, rule.trust_hops),
+    )
 
 
 def _adapter(config: ServerConfig, reactor: Any) -> tuple[IAdapter | None, HealthCheck]:
@@ -232,7 +260,7 @@ class SockudoService(MultiService):
         Log ignored config keys, then start every child.
         """
         for warning in self._warnings:
-            self._log.warn("Config: {warning}", warning=warning)
+            self._log.warn("Config: {note}", note=warning)
         super().startService()
 
     def stopService(self) -> Deferred[None]:

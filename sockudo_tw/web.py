@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import IResource, Resource
+from twisted.web.resource import IResource, NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from sockudo_tw.apps import IAppStore
@@ -88,10 +88,13 @@ class HealthResource(Resource):
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         """
-        C{/up/{app_id}}; C{/up/} (empty segment) is C{/up} itself.
+        C{/up/{app_id}}; a trailing slash is the same resource, anything
+        deeper is 404.
         """
-        if not path or self._app_id is not None:
+        if not path:
             return self
+        if self._app_id is not None:
+            return NoResource()
         return HealthResource(
             self._app_store,
             self._adapter_health,
@@ -108,7 +111,16 @@ class HealthResource(Resource):
         d.addTimeout(HEALTH_CHECK_TIMEOUT, self._clock)
 
         def failed(failure: Failure) -> str:
-            self._log.failure("Health check failed for app {app_id}", failure, app_id=self._app_id)
+            if failure.check(TimeoutError):
+                self._log.warn(
+                    "Health check timed out after {timeout}s for app {app_id}",
+                    timeout=HEALTH_CHECK_TIMEOUT,
+                    app_id=self._app_id,
+                )
+            else:
+                self._log.failure(
+                    "Health check failed for app {app_id}", failure, app_id=self._app_id
+                )
             return "ERROR"
 
         d.addErrback(failed)

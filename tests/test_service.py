@@ -1,0 +1,302 @@
+"""
+Tests for L{sockudo_tw.service} and L{sockudo_tw.logs}: composition from
+config on a L{MemoryReactor}, and the ordered graceful shutdown on a clock.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+from twisted.application.service import Application, IService, Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import ILogObserver, LogLevel, Logger
+from twisted.trial.unittest import SynchronousTestCase
+
+from sockudo_tw.config import parse_config
+from sockudo_tw.logs import make_log_observer
+from sockudo_tw.service import (
+    SockudoService,
+    config_listeners,
+    escape_strport,
+    make_service,
+)
+
+
+class _Recorder:
+    """
+    Records the order of shutdown steps; each step can be held open.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.pending: dict[str, Deferred[None]] = {}
+
+    def step(self, name: str, hold: bool = False) -> Deferred[None]:
+        """
+        Record C{name}; return a Deferred that is already fired unless
+        C{hold}.
+        """
+        self.calls.append(name)
+        if hold:
+            d: Deferred[None] = Deferred()
+            self.pending[name] = d
+            return d
+        return succeed(None)
+
+
+class _Listener(Service):
+    """
+    A listener whose stop is recorded.
+    """
+
+    def __init__(self, recorder: _Recorder, name: str) -> None:
+        self.recorder = recorder
+        self.name = name
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return self.recorder.step(f"stop {self.name}")
+
+
+class _Child(Service):
+    """
+    A non-listener child (a backend client), stopped last.
+    """
+
+    def __init__(self, recorder: _Recorder) -> None:
+        self.recorder = recorder
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        self.recorder.calls.append("stop child")
+
+
+class ShutdownTests(SynchronousTestCase):
+    """
+    L{SockudoService.stopService} runs its steps in order within the grace
+    period.
+    """
+
+    def build(self, hold: str | None = None) -> tuple[SockudoService, _Recorder, Clock]:
+        """
+        A started service with two listeners, a child and one step of each
+        kind; the step named C{hold} does not finish on its own.
+        """
+        recorder = _Recorder()
+        clock = Clock()
+
+        def close_connections(code: int, reason: str) -> Deferred[None]:
+            return recorder.step(f"close {code} {reason}", hold == "close")
+
+        service = SockudoService(clock, 10, close_connections)
+        service.add_listener(_Listener(recorder, "a"))
+        service.add_listener(_Listener(recorder, "b"))
+        _Child(recorder).setServiceParent(service)
+        service.flush_steps.append(lambda: recorder.step("flush", hold == "flush"))
+        service.close_steps.append(lambda: recorder.step("close backends"))
+        service.startService()
+        return service, recorder, clock
+
+    def test_order(self) -> None:
+        """
+        Draining, then listeners, clients (4200), flush, backends, children.
+        """
+        service, recorder, _ = self.build()
+        self.assertFalse(service.lifecycle.draining)
+        d = service.stopService()
+        self.successResultOf(d)
+        self.assertTrue(service.lifecycle.draining)
+        self.assertEqual(
+            recorder.calls,
+            [
+                "stop a",
+                "stop b",
+                "close 4200 Server shutting down",
+                "flush",
+                "close backends",
+                "stop child",
+            ],
+        )
+        self.assertFalse(service.running)
+
+    def test_waits_for_each_step(self) -> None:
+        """
+        A step that has not finished holds back the later ones.
+        """
+        service, recorder, _ = self.build(hold="flush")
+        d = service.stopService()
+        self.assertNoResult(d)
+        self.assertEqual(recorder.calls[-1], "flush")
+        recorder.pending["flush"].callback(None)
+        self.successResultOf(d)
+        self.assertEqual(recorder.calls[-2:], ["close backends", "stop child"])
+
+    def test_grace_period(self) -> None:
+        """
+        Steps still running when the grace period ends are abandoned and the
+        remaining children are stopped anyway.
+        """
+        service, recorder, clock = self.build(hold="close")
+        d = service.stopService()
+        clock.advance(9.9)
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        self.successResultOf(d)
+        self.assertNotIn("flush", recorder.calls)
+        self.assertEqual(recorder.calls[-1], "stop child")
+        self.assertFalse(service.running)
+
+    def test_failing_step(self) -> None:
+        """
+        A failing step is logged and shutdown still completes.
+        """
+        service, recorder, _ = self.build()
+
+        def broken() -> Deferred[None]:
+            raise RuntimeError("flush broke")
+
+        service.flush_steps.insert(0, broken)
+        self.successResultOf(service.stopService())
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(recorder.calls[-1], "stop child")
+
+
+class ComposeTests(SynchronousTestCase):
+    """
+    L{make_service} builds listeners from config on the given reactor.
+    """
+
+    def test_embedded_defaults(self) -> None:
+        """
+        Without config, one TCP listener on 0.0.0.0:6001.
+        """
+        reactor = MemoryReactorClock()
+        service = make_service(parse_config(None, {}), reactor)
+        service.startService()
+        self.assertEqual(len(reactor.tcpServers), 1)
+        port, _, _, interface = reactor.tcpServers[0]
+        self.assertEqual((port, interface), (6001, "0.0.0.0"))
+
+    def test_listen_overrides(self) -> None:
+        """
+        C{--listen} descriptions replace the config's listeners, each
+        serving the same site.
+        """
+        reactor = MemoryReactorClock()
+        config = parse_config({"unix_socket": {"enabled": True, "path": "/run/s.sock"}}, {})
+        service = make_service(config, reactor, listen=["tcp:7001:interface=127.0.0.1", "tcp:7002"])
+        service.startService()
+        self.assertEqual([s[0] for s in reactor.tcpServers], [7001, 7002])
+        self.assertEqual(reactor.unixServers, [])
+        self.assertIs(reactor.tcpServers[0][1], reactor.tcpServers[1][1])
+
+    def test_unix_replaces_tcp(self) -> None:
+        """
+        An enabled Unix socket is the only main listener, with its mode.
+        """
+        config = parse_config(
+            {"unix_socket": {"enabled": True, "path": "/run/a:b.sock", "permission_mode": 755}},
+            {},
+        )
+        self.assertEqual(config_listeners(config), ["unix:/run/a\\:b.sock:mode=755:lockfile=1"])
+        reactor = MemoryReactorClock()
+        make_service(config, reactor).startService()
+        self.assertEqual(reactor.tcpServers, [])
+        (server,) = reactor.unixServers
+        self.assertEqual((server[0], server[3], server[4]), ("/run/a:b.sock", 0o755, True))
+
+    def test_ssl_description(self) -> None:
+        """
+        TLS becomes an C{ssl:} description with escaped paths.
+        """
+        cert = self.mktemp()
+        with open(cert, "w") as f:
+            f.write("x")
+        config = parse_config(
+            {"host": "::1", "ssl": {"enabled": True, "cert_path": cert, "key_path": cert}}, {}
+        )
+        (description,) = config_listeners(config)
+        escaped = escape_strport(cert)
+        self.assertEqual(
+            description,
+            f"ssl:6001:interface=\\:\\:1:privateKey={escaped}:certKey={escaped}",
+        )
+
+    def test_metrics_listener(self) -> None:
+        """
+        With metrics enabled and a resource given, it gets its own listener.
+        """
+        from twisted.web.resource import Resource
+
+        reactor = MemoryReactorClock()
+        config = parse_config({"metrics": {"enabled": True, "host": "127.0.0.1"}}, {})
+        make_service(config, reactor, metrics_resource=Resource()).startService()
+        self.assertEqual([(s[0], s[3]) for s in reactor.tcpServers][1], (9601, "127.0.0.1"))
+        reactor = MemoryReactorClock()
+        config = parse_config({"metrics": {"enabled": False}}, {})
+        make_service(config, reactor, metrics_resource=Resource()).startService()
+        self.assertEqual(len(reactor.tcpServers), 1)
+
+    def test_warnings_logged(self) -> None:
+        """
+        Ignored config keys are logged as warnings at start.
+        """
+        from twisted.internet.testing import EventLoggingObserver
+        from twisted.logger import globalLogPublisher
+
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        reactor = MemoryReactorClock()
+        make_service(parse_config({"cleanup": {}}, {}), reactor).startService()
+        warned = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual([e["note"] for e in warned], ["cleanup: not implemented, ignored"])
+
+    def test_log_observer_installed(self) -> None:
+        """
+        Under twistd's C{Application}, our log observer replaces twistd's.
+        """
+
+        def observer(event: dict[str, object]) -> None:
+            pass
+
+        application = Application("sockudo")
+        service = make_service(parse_config(None, {}), MemoryReactorClock(), log_observer=observer)
+        service.setServiceParent(application)
+        self.assertIs(application.getComponent(ILogObserver), observer)
+        self.assertIn(service, list(IService(application)))
+
+
+class LogTests(SynchronousTestCase):
+    """
+    L{make_log_observer}: level filtering and JSON lines.
+    """
+
+    def emit(self, output_format: str, debug: bool) -> str:
+        """
+        Log one debug and one info event through a fresh observer.
+        """
+        out = io.StringIO()
+        log = Logger(namespace="t", observer=make_log_observer(out, output_format, debug))
+        log.debug("low {app_id}", app_id="a1")
+        log.info("high {app_id}", app_id="a2")
+        return out.getvalue()
+
+    def test_level(self) -> None:
+        """
+        Debug events appear only when debug is on.
+        """
+        self.assertNotIn("low a1", self.emit("human", False))
+        self.assertIn("high a2", self.emit("human", False))
+        self.assertIn("low a1", self.emit("human", True))
+
+    def test_json(self) -> None:
+        """
+        JSON output is one object per line with the structured fields.
+        """
+        lines = self.emit("json", False).splitlines()
+        self.assertEqual(len(lines), 1)
+        event = json.loads(lines[0])
+        self.assertEqual(event["app_id"], "a2")
+        self.assertEqual(event["log_format"], "high {app_id}")

@@ -1,0 +1,186 @@
+"""
+Tests for L{sockudo_tw.web}: routing of the shared resource tree and the
+health endpoints (sockudo-reference.md section 3.7), in memory.
+"""
+
+from __future__ import annotations
+
+from klein import Klein
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from sockudo_tw.apps import MemoryAppStore
+from sockudo_tw.pusher.app import App
+from sockudo_tw.web import (
+    HEALTH_CHECK_TIMEOUT,
+    HealthResource,
+    Lifecycle,
+    RedirectToHttps,
+    RootResource,
+    always_healthy,
+)
+
+
+class _Marker(Resource):
+    """
+    A leaf answering with its name and the path it saw.
+    """
+
+    isLeaf = True  # noqa: N815
+
+    def __init__(self, name: bytes) -> None:
+        super().__init__()
+        self.name = name
+
+    def render_GET(self, request: Request) -> bytes:
+        return self.name + b" " + request.path
+
+
+def _api() -> Resource:
+    """
+    A Klein app with one route under C{/apps} and one under C{/users}.
+    """
+    app = Klein()
+
+    @app.route("/apps/<app_id>/channels")
+    def channels(request: Request, app_id: str) -> bytes:
+        return b"channels " + app_id.encode()
+
+    @app.route("/users/<user_id>")
+    def user(request: Request, user_id: str) -> bytes:
+        return b"user " + user_id.encode()
+
+    resource: Resource = app.resource()
+    return resource
+
+
+class WebTests(SynchronousTestCase):
+    """
+    Routing and health answers of L{RootResource}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.lifecycle = Lifecycle()
+        self.healthy: Deferred[bool] | None = None
+        self.store = MemoryAppStore([App("1", "k1", "s1"), App("2", "k2", "s2", enabled=False)])
+        health = HealthResource(self.store, self._adapter_health, self.lifecycle, self.clock)
+        self.root = RootResource(_Marker(b"ws"), _api(), health)
+        self.treq = StubTreq(self.root)
+
+    def _adapter_health(self) -> Deferred[bool]:
+        """
+        The adapter check: healthy unless a test installs a Deferred.
+        """
+        return self.healthy if self.healthy is not None else always_healthy()
+
+    def get(self, path: str) -> tuple[int, bytes, str | None]:
+        """
+        GET C{path}; the status, body and X-Health-Check header.
+        """
+        response = self.successResultOf(self.treq.get("http://127.0.0.1" + path))
+        body = self.successResultOf(response.content())
+        header = response.headers.getRawHeaders("x-health-check", [None])[0]
+        return response.code, body, header
+
+    def test_root(self) -> None:
+        """
+        C{GET /} answers 200 OK.
+        """
+        self.assertEqual(self.get("/")[:2], (200, b"OK"))
+
+    def test_up(self) -> None:
+        """
+        C{/up} answers 200 OK with the header when apps exist.
+        """
+        self.assertEqual(self.get("/up"), (200, b"OK", "OK"))
+        self.assertEqual(self.get("/up/"), (200, b"OK", "OK"))
+
+    def test_up_app(self) -> None:
+        """
+        C{/up/{id}}: 200 enabled, 503 ERROR disabled, 404 NOT_FOUND unknown.
+        """
+        self.assertEqual(self.get("/up/1"), (200, b"OK", "OK"))
+        self.assertEqual(self.get("/up/2"), (503, b"ERROR", "ERROR"))
+        self.assertEqual(self.get("/up/3"), (404, b"NOT_FOUND", "NOT_FOUND"))
+
+    def test_no_apps(self) -> None:
+        """
+        Without any app C{/up} reports ERROR.
+        """
+        health = HealthResource(MemoryAppStore(), always_healthy, Lifecycle(), self.clock)
+        treq = StubTreq(RootResource(_Marker(b"ws"), _api(), health))
+        response = self.successResultOf(treq.get("http://127.0.0.1/up"))
+        self.assertEqual(response.code, 503)
+
+    def test_adapter_unhealthy(self) -> None:
+        """
+        A failing adapter check makes C{/up} and C{/up/{id}} ERROR.
+        """
+        self.healthy = succeed(False)
+        self.assertEqual(self.get("/up"), (503, b"ERROR", "ERROR"))
+
+    def test_adapter_timeout(self) -> None:
+        """
+        An adapter check that does not answer within the timeout is ERROR.
+        """
+        self.healthy = Deferred()
+        d = self.treq.get("http://127.0.0.1/up")
+        self.assertNoResult(d)
+        self.clock.advance(HEALTH_CHECK_TIMEOUT)
+        self.treq.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 503)
+        self.assertEqual(response.headers.getRawHeaders("x-health-check"), ["ERROR"])
+
+    def test_draining(self) -> None:
+        """
+        Once shutdown starts, C{/up} answers 503.
+        """
+        self.lifecycle.draining = True
+        self.assertEqual(self.get("/up"), (503, b"ERROR", "ERROR"))
+        self.assertEqual(self.get("/up/1")[0], 503)
+
+    def test_websocket_route(self) -> None:
+        """
+        C{/app/{key}} reaches the WebSocket resource with its full path.
+        """
+        self.assertEqual(self.get("/app/k1?protocol=7")[:2], (200, b"ws /app/k1"))
+
+    def test_api_routes(self) -> None:
+        """
+        C{/apps/...} and C{/users/...} reach the API with the whole path.
+        """
+        self.assertEqual(self.get("/apps/1/channels")[:2], (200, b"channels 1"))
+        self.assertEqual(self.get("/users/u1")[:2], (200, b"user u1"))
+
+    def test_unknown(self) -> None:
+        """
+        Other paths are 404.
+        """
+        self.assertEqual(self.get("/nope")[0], 404)
+        self.assertEqual(self.get("/up/1/x")[0], 404)
+        self.assertEqual(self.get("/up/1/")[0], 200)
+
+
+class RedirectTests(SynchronousTestCase):
+    """
+    The C{ssl.redirect_http} listener's resource.
+    """
+
+    def test_redirect(self) -> None:
+        """
+        Every request is permanently redirected to the TLS port, same path.
+        """
+        treq = StubTreq(RedirectToHttps(6443))
+        response = self.successResultOf(
+            treq.get("http://example.com/apps/1?x=1", allow_redirects=False)
+        )
+        self.assertEqual(response.code, 301)
+        self.assertEqual(
+            response.headers.getRawHeaders("location"), ["https://example.com:6443/apps/1?x=1"]
+        )
