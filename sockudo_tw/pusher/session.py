@@ -79,7 +79,7 @@ class Close:
     Close the connection with this WebSocket close code and reason.
     """
 
-    code: int
+    code: int = attrs.field(converter=int)
     reason: str
 
 

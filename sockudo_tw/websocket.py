@@ -1,0 +1,655 @@
+# -*- test-case-name: tests.test_websocket -*-
+"""
+The Autobahn glue: C{/app/{key}} connections run a L{Session} and this
+module carries out its effects against the adapter, the cache and the
+observer.
+
+Kept thin on purpose: protocol rules live in L{sockudo_tw.pusher.session}.
+What lives here is I/O policy: the upgrade is always completed and
+rejections are sent as C{pusher:error} plus a close; broadcast frames are
+written straight to the transport when it is idle; each connection's
+outbound buffer is bounded (close 4100 "Over capacity" beyond it); timers
+are one lazy C{callLater} per connection; disconnect cleanup runs in chunks
+so that thousands of sockets dropping at once never stall the reactor.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from sockudo_tw.adapters import IAdapter, ILocalSocket
+from sockudo_tw.apps import IAppStore
+from sockudo_tw.cache import IChannelCache
+from sockudo_tw.framing import text_frame
+from sockudo_tw.hooks import IPusherEvents, NoPusherEvents
+from sockudo_tw.pusher import events
+from sockudo_tw.pusher.app import App
+from sockudo_tw.pusher.channels import ChannelKind, channel_type
+from sockudo_tw.pusher.errors import PusherError, PusherErrorCode
+from sockudo_tw.pusher.session import (
+    PONG_TIMEOUT,
+    ClientEvent,
+    Close,
+    Effect,
+    Ping,
+    Send,
+    Session,
+    SignIn,
+    Subscribe,
+    Unsubscribe,
+    check_protocol,
+    new_socket_id,
+    origin_allowed,
+    parse_app_key,
+    rejection,
+)
+from sockudo_tw.registry import SocketRemoval, SubscribeOutcome, UnsubscribeOutcome
+
+__all__ = ["PusherFactory", "PusherProtocol"]
+
+CLEANUP_CHUNK = 500
+MAX_EARLY_MESSAGES = 32
+
+
+@implementer(IPushProducer)
+class _Backpressure:
+    """
+    Registered as the transport's producer: the transport pauses it when its
+    write buffer is full, and bytes written while paused are counted.
+    """
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.buffered = 0
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.buffered = 0
+
+    def stopProducing(self) -> None:
+        self.paused = False
+
+
+@implementer(ILocalSocket)
+class PusherProtocol(WebSocketServerProtocol):
+    """
+    One client connection.
+
+    @ivar session: the protocol state, once the connection is accepted.
+    """
+
+    _log = Logger()
+    factory: PusherFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.session: Session | None = None
+        self.socket_id = ""
+        self._path = ""
+        self._params: dict[str, list[str]] = {}
+        self._origin: str | None = None
+        self._timer: IDelayedCall | None = None
+        self._gone = False
+        self._early: list[tuple[bytes, bool]] | None = []
+        self._backpressure = _Backpressure()
+
+    # -- Autobahn hooks -------------------------------------------------------
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        """
+        Remember the path, query and origin; always complete the upgrade so
+        that a refusal can be told in Pusher terms after it.
+        """
+        try:
+            self._path = request.path or ""
+            self._params = dict(request.params or {})
+            self._origin = request.headers.get("origin")
+        except Exception:
+            self._log.failure("Reading the WebSocket request failed")
+
+    def onOpen(self) -> None:
+        """
+        Decide whether to accept the connection (asynchronously: the app
+        store and the adapter may be remote).
+        """
+        try:
+            self._watch_buffer()
+            d = Deferred.fromCoroutine(self._open())
+        except Exception:
+            self._log.failure("Opening the connection failed")
+            self._abandon()
+            return
+        d.addErrback(self._open_failed)
+
+    def onMessage(self, payload: bytes, is_binary: bool) -> None:
+        """
+        Hand a message to the session (or keep it until the session exists).
+        """
+        try:
+            session = self.session
+            if session is None:
+                if self._early is not None and len(self._early) < MAX_EARLY_MESSAGES:
+                    self._early.append((payload, is_binary))
+                return
+            self._handle(session, payload, is_binary)
+        except Exception:
+            self._log.failure("Handling a message failed")
+
+    def onPing(self, payload: bytes) -> None:
+        """
+        A WebSocket ping is activity; Autobahn answers it.
+        """
+        if self.session is not None:
+            self.session.touch(self.factory.reactor.seconds())
+        super().onPing(payload)
+
+    def onPong(self, payload: bytes) -> None:
+        """
+        A WebSocket pong is activity.
+        """
+        if self.session is not None:
+            self.session.touch(self.factory.reactor.seconds())
+
+    def onClose(self, was_clean: bool, code: int | None, reason: str | None) -> None:
+        """
+        The connection is gone: stop timers and queue the cleanup.
+        """
+        if self._gone:
+            return
+        self._gone = True
+        self._early = None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        session = self.session
+        if session is not None:
+            session.closing = True
+            self.factory._connection_lost(self, session.app)
+
+    # -- accepting ------------------------------------------------------------
+
+    def _watch_buffer(self) -> None:
+        """
+        Become the transport's producer so a full write buffer pauses us.
+        (An HTTP channel that handed the transport over may still be
+        registered; it is done with the transport, so replace it.)
+        """
+        transport: Any = self.transport
+        try:
+            transport.unregisterProducer()
+        except Exception:
+            pass
+        try:
+            transport.registerProducer(self._backpressure, True)
+        except Exception:
+            self._log.debug("Transport does not take a producer; buffer unbounded")
+
+    async def _open(self) -> None:
+        factory = self.factory
+        key = parse_app_key(self._path)
+        if key is None:
+            self._reject(None, PusherError(PusherErrorCode.PATH_NOT_FOUND, "Path not found"))
+            return
+        error = check_protocol(self._params)
+        if error is not None:
+            self._reject(None, error)
+            return
+        app = await factory.app_store.find_by_key(key)
+        if app is None:
+            self._reject(
+                None,
+                PusherError(
+                    PusherErrorCode.APP_NOT_FOUND,
+                    f"App key {key[:64]} not in this cluster. "
+                    "Did you forget to specify the cluster?",
+                ),
+            )
+            return
+        if not app.enabled:
+            self._reject(app, PusherError(PusherErrorCode.APP_DISABLED, "Application disabled"))
+            return
+        if not origin_allowed(self._origin, app.allowed_origins):
+            self._reject(app, PusherError(PusherErrorCode.UNAUTHORIZED, "Origin not allowed"))
+            return
+        if app.max_connections:
+            count = await factory.adapter.app_connection_count(app.id)
+            if count >= app.max_connections:
+                self._reject(
+                    app,
+                    PusherError(
+                        PusherErrorCode.OVER_CONNECTION_QUOTA,
+                        "Application is over connection quota",
+                    ),
+                )
+                return
+        if self._gone or self.state != self.STATE_OPEN:
+            return
+        socket_id = new_socket_id()
+        while factory.adapter.has_socket(socket_id):
+            socket_id = new_socket_id()
+        now = factory.reactor.seconds()
+        session = Session(
+            app,
+            socket_id,
+            now,
+            activity_timeout=factory.activity_timeout,
+            pong_timeout=factory.pong_timeout,
+            user_authentication_timeout=factory.user_authentication_timeout,
+        )
+        self.socket_id = socket_id
+        self.session = session
+        factory.adapter.add_socket(app.id, self)
+        factory.protocols.add(self)
+        self._apply(session, session.open())
+        factory.observer.connection_opened(app.id, socket_id)
+        self._schedule(session)
+        early, self._early = self._early, None
+        for payload, is_binary in early or ():
+            if self._gone:
+                break
+            self._handle(session, payload, is_binary)
+
+    def _reject(self, app: App | None, error: PusherError) -> None:
+        self._early = None
+        self.factory.observer.connection_rejected(
+            app.id if app is not None else None, error.code or 0
+        )
+        for effect in rejection(error):
+            self._carry_out_basic(effect)
+
+    def _open_failed(self, failure: Failure) -> None:
+        self._log.failure("Accepting a connection failed", failure)
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """
+        Close after an internal error (4200: reconnect now).
+        """
+        self._early = None
+        try:
+            if self.session is not None:
+                self._apply(
+                    self.session,
+                    self.session.close(PusherErrorCode.RECONNECT_NOW, "Internal server error"),
+                )
+            else:
+                self._carry_out_basic(
+                    Send(events.error_frame(PusherErrorCode.RECONNECT_NOW, "Internal error"))
+                )
+                self._carry_out_basic(Close(PusherErrorCode.RECONNECT_NOW, "Internal error"))
+        except Exception:
+            self._log.failure("Closing after an error failed")
+            self.dropConnection(abort=True)
+
+    # -- input and timers -----------------------------------------------------
+
+    def _handle(self, session: Session, payload: bytes, is_binary: bool) -> None:
+        factory = self.factory
+        factory.observer.message_received(session.app.id, len(payload))
+        now = factory.reactor.seconds()
+        if is_binary:
+            effects = session.receive_binary(now)
+        else:
+            try:
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                effects = session.receive_binary(now)
+            else:
+                effects = session.receive(text, now)
+        self._apply(session, effects)
+
+    def _schedule(self, session: Session) -> None:
+        reactor = self.factory.reactor
+        delay = max(0.0, session.next_deadline() - reactor.seconds())
+        self._timer = reactor.callLater(delay, self._tick, session)
+
+    def _tick(self, session: Session) -> None:
+        self._timer = None
+        if self._gone:
+            return
+        try:
+            self._apply(session, session.tick(self.factory.reactor.seconds()))
+        except Exception:
+            self._log.failure("Connection timer failed")
+        if not session.closing and not self._gone:
+            self._schedule(session)
+
+    # -- effects --------------------------------------------------------------
+
+    def _carry_out_basic(self, effect: Effect) -> None:
+        """
+        The effects that need no session: send, close, ping.
+        """
+        if isinstance(effect, Send):
+            self.send_wire(text_frame(effect.frame))
+        elif isinstance(effect, Close):
+            if self.state == self.STATE_OPEN:
+                self.sendClose(int(effect.code), effect.reason)
+        elif isinstance(effect, Ping):
+            if self.state == self.STATE_OPEN:
+                self.sendPing()
+
+    def _apply(self, session: Session, effects: Iterable[Effect]) -> None:
+        factory = self.factory
+        app = session.app
+        for effect in effects:
+            if isinstance(effect, Send):
+                factory.observer.message_sent(app.id, len(effect.frame))
+                self.send_wire(text_frame(effect.frame))
+            elif isinstance(effect, ClientEvent):
+                factory.adapter.broadcast(app.id, effect.channel, effect.frame, self.socket_id)
+                factory.observer.client_event(
+                    app.id,
+                    effect.channel,
+                    effect.event,
+                    effect.data,
+                    self.socket_id,
+                    effect.user_id,
+                )
+            elif isinstance(effect, Subscribe):
+                d = factory.adapter.subscribe(
+                    app.id, effect.channel, self.socket_id, effect.member, effect.max_members
+                )
+                d.addCallback(self._subscribed, session, effect)
+                d.addErrback(self._failed, "subscribe")
+            elif isinstance(effect, Unsubscribe):
+                u = factory.adapter.unsubscribe(app.id, effect.channel, self.socket_id)
+                u.addCallback(factory._channel_left, app, self.socket_id)
+                u.addErrback(self._failed, "unsubscribe")
+            elif isinstance(effect, SignIn):
+                s = factory.adapter.sign_in(
+                    app.id, self.socket_id, effect.user.user_id, effect.user.watchlist
+                )
+                s.addCallback(
+                    lambda outcome: self._apply(
+                        session, session.signed_in(outcome.online, outcome.offline)
+                    )
+                )
+                s.addErrback(self._failed, "sign in")
+            else:
+                self._carry_out_basic(effect)
+
+    def _failed(self, failure: Failure, what: str) -> None:
+        self._log.failure("Adapter {what} failed", failure, what=what)
+
+    def _subscribed(self, outcome: SubscribeOutcome, session: Session, effect: Subscribe) -> None:
+        factory = self.factory
+        app = session.app
+        channel = effect.channel
+        if not outcome.accepted:
+            self._apply(
+                session,
+                session.refuse(
+                    channel,
+                    PusherErrorCode.OVER_CAPACITY,
+                    f"Cannot join {channel}: the presence channel has reached its limit of "
+                    f"{effect.max_members} members",
+                ),
+            )
+            return
+        if outcome.occupied:
+            factory.observer.channel_occupied(app.id, channel)
+        if outcome.member_added and effect.member is not None:
+            member = effect.member
+            factory.adapter.broadcast(
+                app.id,
+                channel,
+                events.member_added(channel, member.user_id, member.user_info),
+                self.socket_id,
+            )
+            factory.observer.member_added(app.id, channel, member.user_id)
+        effects = session.confirm(channel, outcome.members)
+        self._apply(session, effects)
+        if any(isinstance(e, Unsubscribe) for e in effects):
+            return
+        factory.observer.subscribed(app.id, channel, self.socket_id)
+        ctype = channel_type(channel)
+        if app.enable_subscription_count and ctype.kind is not ChannelKind.PRESENCE:
+            factory._count_changed(app, channel)
+        if ctype.cache:
+            c = factory.cache.fetch(app.id, channel)
+            c.addCallback(self._cache_fetched, session, channel)
+            c.addErrback(self._failed, "cache fetch")
+
+    def _cache_fetched(
+        self, entry: tuple[bytes, float] | None, session: Session, channel: str
+    ) -> None:
+        if self._gone or session.closing or not session.is_subscribed(channel):
+            return
+        if entry is None:
+            self.factory.observer.cache_miss(session.app.id, channel)
+            self._apply(session, [Send(events.cache_miss(channel))])
+        else:
+            self._apply(session, [Send(entry[0])])
+
+    # -- ILocalSocket ---------------------------------------------------------
+
+    def send_wire(self, wire: bytes) -> None:
+        """
+        Write a framed message: straight to the transport when nothing is
+        queued ahead of it; close 4100 when the client stopped reading and
+        more than the factory's buffer limit piled up.
+        """
+        if self._gone or self.state != self.STATE_OPEN:
+            return
+        pressure = self._backpressure
+        if pressure.paused:
+            pressure.buffered += len(wire)
+            if pressure.buffered > self.factory.max_buffer_bytes:
+                self._over_capacity()
+                return
+        if self.send_queue:
+            self.sendData(wire)
+        else:
+            transport: Any = self.transport
+            transport.write(wire)
+
+    def send_frame(self, frame: bytes) -> None:
+        """
+        Frame and send one Pusher frame.
+        """
+        self.send_wire(text_frame(frame))
+
+    def close(self, code: int, reason: str) -> None:
+        """
+        Close with C{pusher:error} and C{code}.
+        """
+        if self.session is not None:
+            self._apply(self.session, self.session.close(code, reason))
+        elif self.state == self.STATE_OPEN:
+            self.sendClose(int(code), reason)
+
+    def _over_capacity(self) -> None:
+        self._log.warn(
+            "Closing slow client {socket_id}: over {limit} bytes buffered",
+            socket_id=self.socket_id,
+            limit=self.factory.max_buffer_bytes,
+        )
+        self._backpressure.buffered = 0
+        self._backpressure.paused = False
+        # The close frame moves the state to closing, so nothing more is
+        # written; Autobahn's close handshake timeout then drops the TCP
+        # connection if the client never reads it.
+        self.close(PusherErrorCode.OVER_CAPACITY, "Over capacity")
+
+
+class PusherFactory(WebSocketServerFactory):
+    """
+    Builds L{PusherProtocol}s and holds what they share.
+
+    @ivar protocols: the accepted, still-open connections.
+    @ivar max_buffer_bytes: outbound bytes a paused client may pile up
+        before it is closed with 4100.
+    """
+
+    protocol = PusherProtocol  # type: ignore[assignment]
+    _log = Logger()
+
+    def __init__(
+        self,
+        *,
+        reactor: Any,
+        app_store: IAppStore,
+        adapter: IAdapter,
+        cache: IChannelCache,
+        activity_timeout: int = 120,
+        pong_timeout: float = PONG_TIMEOUT,
+        user_authentication_timeout: float = 3600.0,
+        max_payload_kb: int = 64,
+        max_buffer_bytes: int = 4 * 1024 * 1024,
+        observer: IPusherEvents | None = None,
+        server: str = "sockudo-tw",
+    ) -> None:
+        super().__init__(reactor=reactor)  # type: ignore[no-untyped-call]
+        self.app_store = app_store
+        self.adapter = adapter
+        self.cache = cache
+        self.activity_timeout = activity_timeout
+        self.pong_timeout = pong_timeout
+        self.user_authentication_timeout = user_authentication_timeout
+        self.max_buffer_bytes = max_buffer_bytes
+        self.observer: IPusherEvents = observer if observer is not None else NoPusherEvents()
+        self.server = server
+        self.protocols: set[PusherProtocol] = set()
+        limit = max_payload_kb * 1024
+        self.setProtocolOptions(  # type: ignore[no-untyped-call]
+            webStatus=False,
+            maxMessagePayloadSize=limit,
+            maxFramePayloadSize=limit,
+            autoPingInterval=0,
+            perMessageCompressionAccept=lambda offers: None,
+        )
+        self._use_reactor_for_timers(reactor)
+        self._cleanup: deque[tuple[App, str]] = deque()
+        self._cleanup_call: IDelayedCall | None = None
+        self._dirty_counts: dict[tuple[str, str], App] = {}
+        self._counts_call: IDelayedCall | None = None
+        self._all_closed: list[Deferred[None]] = []
+
+    def _use_reactor_for_timers(self, reactor: IReactorTime) -> None:
+        """
+        Autobahn's handshake and close timers use txaio's global loop; point
+        them at our reactor so tests drive them with a clock.
+        """
+        try:
+            from txaio._common import _BatchedTimer
+
+            self._batched_timer = _BatchedTimer(  # type: ignore[no-untyped-call]
+                200.0,
+                1000,
+                seconds_provider=reactor.seconds,
+                delayed_call_creator=reactor.callLater,
+            )
+        except Exception:
+            self._log.debug("Autobahn timers stay on the global reactor")
+
+    def resource(self) -> WebSocketResource:
+        """
+        The resource to mount at C{/app/} on the Site.
+        """
+        return WebSocketResource(self)  # type: ignore[no-untyped-call]
+
+    def close_connections(self, code: int, reason: str) -> Deferred[None]:
+        """
+        Close every accepted connection (graceful shutdown: 4200 "Server
+        shutting down"); fires once they are all gone.
+        """
+        for protocol in list(self.protocols):
+            protocol.close(code, reason)
+        if not self.protocols and not self._cleanup:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._all_closed.append(d)
+        return d
+
+    # -- disconnect cleanup, in chunks ---------------------------------------
+
+    def _connection_lost(self, protocol: PusherProtocol, app: App) -> None:
+        self.protocols.discard(protocol)
+        self.observer.connection_closed(app.id, protocol.socket_id)
+        self._cleanup.append((app, protocol.socket_id))
+        if self._cleanup_call is None:
+            self._cleanup_call = self.reactor.callLater(0, self._run_cleanup)
+
+    def _run_cleanup(self) -> None:
+        self._cleanup_call = None
+        queue = self._cleanup
+        for _ in range(min(CLEANUP_CHUNK, len(queue))):
+            app, socket_id = queue.popleft()
+            try:
+                d = self.adapter.remove_socket(app.id, socket_id)
+                d.addCallback(self._socket_removed, app, socket_id)
+                d.addErrback(self._cleanup_failed)
+            except Exception:
+                self._log.failure("Cleaning up {socket_id} failed", socket_id=socket_id)
+        if queue:
+            self._cleanup_call = self.reactor.callLater(0, self._run_cleanup)
+        elif not self.protocols and self._all_closed:
+            waiting, self._all_closed = self._all_closed, []
+            for done in waiting:
+                done.callback(None)
+
+    def _cleanup_failed(self, failure: Failure) -> None:
+        self._log.failure("Disconnect cleanup failed", failure)
+
+    def _socket_removed(
+        self, removal: SocketRemoval[ILocalSocket], app: App, socket_id: str
+    ) -> None:
+        for outcome in removal.unsubscribed:
+            self._channel_left(outcome, app, socket_id)
+
+    def _channel_left(self, outcome: UnsubscribeOutcome, app: App, socket_id: str) -> None:
+        """
+        Carry out what leaving a channel changed: member_removed to the
+        others, vacated, or a new subscription count.
+        """
+        if not outcome.removed:
+            return
+        channel = outcome.channel
+        self.observer.unsubscribed(app.id, channel, socket_id)
+        if outcome.member_removed is not None:
+            self.adapter.broadcast(
+                app.id, channel, events.member_removed(channel, outcome.member_removed), None
+            )
+            self.observer.member_removed(app.id, channel, outcome.member_removed)
+        if outcome.vacated:
+            self.observer.channel_vacated(app.id, channel)
+        elif (
+            app.enable_subscription_count and channel_type(channel).kind is not ChannelKind.PRESENCE
+        ):
+            self._count_changed(app, channel)
+
+    # -- subscription_count, coalesced per reactor turn -----------------------
+
+    def _count_changed(self, app: App, channel: str) -> None:
+        self._dirty_counts[(app.id, channel)] = app
+        if self._counts_call is None:
+            self._counts_call = self.reactor.callLater(0, self._send_counts)
+
+    def _send_counts(self) -> None:
+        self._counts_call = None
+        dirty, self._dirty_counts = self._dirty_counts, {}
+        for (app_id, channel), _app in dirty.items():
+            d = self.adapter.channel_subscription_count(app_id, channel)
+            d.addCallback(self._count_known, app_id, channel)
+            d.addErrback(self._cleanup_failed)
+
+    def _count_known(self, count: int, app_id: str, channel: str) -> None:
+        if count <= 0:
+            return
+        self.adapter.broadcast(app_id, channel, events.subscription_count(channel, count), None)
+        self.observer.subscription_count(app_id, channel, count)
