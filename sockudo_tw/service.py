@@ -138,20 +138,22 @@ def _websocket_resource(
     cache: IChannelCache,
 ) -> WebSocketPart:
     """
-    Build the C{/app/} WebSocket resource (owned by the Pusher protocol
-    work; a stub until then).
+    Build the C{/app/} WebSocket resource: the Pusher protocol
+    (L{sockudo_tw.websocket.PusherFactory}).
     """
-    factory = _StubFactory(reactor=reactor)
-    factory.protocol = _StubProtocol
-    factory.setProtocolOptions(webStatus=False)
-    factory.server = "sockudo-tw"
+    from sockudo_tw.adapters.local import LocalAdapter
+    from sockudo_tw.websocket import PusherFactory
 
-    def close_connections(code: int, reason: str) -> Deferred[None]:
-        for protocol in list(factory.open_protocols):
-            protocol.sendClose(code, reason)
-        return succeed(None)
-
-    return WebSocketPart(WebSocketResource(factory), close_connections)
+    factory = PusherFactory(
+        reactor=reactor,
+        app_store=app_store,
+        adapter=adapter if adapter is not None else LocalAdapter(),
+        cache=cache,
+        activity_timeout=config.activity_timeout,
+        user_authentication_timeout=config.user_authentication_timeout,
+        max_payload_kb=config.websocket_max_payload_kb,
+    )
+    return WebSocketPart(factory.resource(), factory.close_connections)
 
 
 def _api_resource(
@@ -199,9 +201,12 @@ def _api_resource(
 
 def _adapter(config: ServerConfig, reactor: Any) -> tuple[IAdapter | None, HealthCheck]:
     """
-    Build the adapter and its health check (owned by the adapter work).
+    Build the adapter and its health check (owned by the adapter work; the
+    local adapter until a cluster adapter is configured).
     """
-    return None, always_healthy
+    from sockudo_tw.adapters.local import LocalAdapter
+
+    return LocalAdapter(), always_healthy
 
 
 class SockudoService(MultiService):
