@@ -42,6 +42,7 @@ __all__ = [
     "NodeDriver",
     "ServerProcess",
     "app_config",
+    "match",
     "require_node",
 ]
 
@@ -120,7 +121,7 @@ def free_port() -> int:
 def app_config(**overrides: Any) -> dict[str, Any]:
     """
     One app in Sockudo's C{app_manager.array.apps} format, with client
-    events, user authentication and watchlists enabled so every pusher-js
+    events, watchlists and subscription counts enabled so every pusher-js
     feature can be exercised.
 
     @param overrides: fields replacing the defaults.
@@ -135,6 +136,7 @@ def app_config(**overrides: Any) -> dict[str, Any]:
         "max_client_events_per_second": 1000,
         "enable_user_authentication": False,
         "enable_watchlist_events": True,
+        "enable_subscription_count": True,
     }
     app.update(overrides)
     return app
@@ -392,6 +394,7 @@ class NodeDriver:
         self._transport: Any = None
         self._describe_server = describe_server
         self._next_id = 0
+        self._answered: set[int] = set()
 
     @classmethod
     async def start(cls, case: TestCase, describe_server: Callable[[], str]) -> NodeDriver:
@@ -498,21 +501,57 @@ class NodeDriver:
                 )
             await task.deferLater(reactor, 0.05)
 
+    async def init_sdk(self, options: Mapping[str, Any], name: str = "default") -> None:
+        """
+        Create a Node C{pusher} SDK instance with C{options}, kept under
+        C{name} (the instance called C{"default"} also signs auth requests
+        of clients connected with auth C{"sdk"}).
+        """
+        self.send(op="sdk_init", sdk=name, options=dict(options))
+        await self.wait_for(
+            lambda o: o["type"] == "sdk_ready" and o["sdk"] == name, f"Node SDK {name!r} ready"
+        )
+
     async def call_sdk(
-        self, method: str, *args: Any, within: float = DEFAULT_WAIT
+        self, method: str, *args: Any, sdk: str = "default", within: float = DEFAULT_WAIT
     ) -> dict[str, Any]:
         """
-        Call a method of the Node C{pusher} SDK (after C{sdk_init}) and
-        return its C{sdk_result} (C{ok}, C{status}, C{body}, C{error}).
+        Call a method of a Node C{pusher} SDK instance and return its
+        C{sdk_result}: C{ok}, C{status}, C{body} (parsed JSON when it is
+        JSON) and, on a rejection, C{error}.
         """
         self._next_id += 1
         call_id = self._next_id
-        self.send(op="sdk_call", id=call_id, method=method, args=list(args))
+        self.send(op="sdk_call", id=call_id, sdk=sdk, method=method, args=list(args))
         return await self.wait_for(
             lambda o: o["type"] == "sdk_result" and o["id"] == call_id,
             f"Node SDK {method}{args!r} to answer",
             within=within,
         )
+
+    async def answer_auth(
+        self,
+        client: str,
+        kind: str,
+        answer: Callable[[dict[str, Any]], Mapping[str, Any]],
+    ) -> dict[str, Any]:
+        """
+        Wait for C{client}'s next unanswered auth request of C{kind}
+        (C{"channel"} or C{"user"}, from a client connected with auth
+        C{"ask"}), answer it with C{answer(request)} and return the request.
+        """
+        request = await self.wait_for(
+            lambda o: (
+                o["type"] == "auth_request"
+                and o["client"] == client
+                and o["kind"] == kind
+                and o["req"] not in self._answered
+            ),
+            f"a {kind} auth request from {client!r}",
+        )
+        self._answered.add(request["req"])
+        self.send(op="auth_response", req=request["req"], auth=dict(answer(request)))
+        return request
 
     def report(self) -> str:
         """
@@ -540,6 +579,22 @@ class NodeDriver:
             pass
         await self._collector.wait_ended(3.0)
         await _stop_process(self._collector, self._transport, grace=3.0)
+
+
+def match(kind: str, client: str, **fields: Any) -> Callable[[dict[str, Any]], bool]:
+    """
+    A predicate on driver observations: type C{kind}, from client C{client},
+    and every given field equal.
+    """
+
+    def matches(observation: dict[str, Any]) -> bool:
+        return (
+            observation["type"] == kind
+            and observation.get("client") == client
+            and all(observation.get(k) == v for k, v in fields.items())
+        )
+
+    return matches
 
 
 def _safe(matches: Callable[[dict[str, Any]], bool], observation: dict[str, Any]) -> bool:
@@ -579,18 +634,19 @@ class Interop:
         node = await NodeDriver.start(case, server.log_tail)
         fixture = cls(case, server, node)
         if node_sdk:
-            node.send(op="sdk_init", options=fixture.sdk_options())
-            await node.wait_for(lambda o: o["type"] == "sdk_ready", "Node SDK ready")
+            await node.init_sdk(fixture.sdk_options())
         return fixture
 
-    def sdk_options(self) -> dict[str, Any]:
+    def sdk_options(
+        self, app_id: str = APP_ID, key: str = APP_KEY, secret: str = APP_SECRET
+    ) -> dict[str, Any]:
         """
         Options of the Node C{pusher} SDK pointed at our server.
         """
         return {
-            "appId": APP_ID,
-            "key": APP_KEY,
-            "secret": APP_SECRET,
+            "appId": app_id,
+            "key": key,
+            "secret": secret,
             "host": "127.0.0.1",
             "port": str(self.server.port),
             "useTLS": False,

@@ -13,29 +13,12 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from tests.interop_harness import APP_KEY, Interop
+from tests.interop_harness import APP_KEY, Interop, match
 
 SOCKET_ID = re.compile(r"^\d+\.\d+$")
-
-
-def _is(kind: str, client: str, **fields: Any) -> Any:
-    """
-    A predicate on driver observations: type C{kind}, client C{client} and
-    every given field equal.
-    """
-
-    def matches(observation: dict[str, Any]) -> bool:
-        return (
-            observation["type"] == kind
-            and observation.get("client") == client
-            and all(observation.get(k) == v for k, v in fields.items())
-        )
-
-    return matches
 
 
 class PusherJsConnectionTests(TestCase):
@@ -68,9 +51,11 @@ class PusherJsConnectionTests(TestCase):
         fx = await Interop.start(self)
         await fx.connect("a", activityTimeout=1000, pongTimeout=3000)
         await fx.node.wait_for(
-            _is("message", "a", event="pusher:pong"), "pusher:pong after pusher-js's ping", within=8
+            match("message", "a", event="pusher:pong"),
+            "pusher:pong after pusher-js's ping",
+            within=8,
         )
-        self.assertEqual(fx.node.matching(_is("state", "a", previous="connected")), [])
+        self.assertEqual(fx.node.matching(match("state", "a", previous="connected")), [])
 
     async def test_unknown_app_key_is_refused_without_reconnecting(self) -> None:
         """
@@ -87,11 +72,11 @@ class PusherJsConnectionTests(TestCase):
         )
         self.assertIn("4001", json.dumps(error))
         await fx.node.wait_for(
-            _is("state", "bad", current="disconnected"), "the refused client to end disconnected"
+            match("state", "bad", current="disconnected"), "the refused client to end disconnected"
         )
         await fx.settle(2.0)
-        self.assertEqual(fx.node.matching(_is("connected", "bad")), [])
-        connecting = fx.node.matching(_is("state", "bad", current="connecting"))
+        self.assertEqual(fx.node.matching(match("connected", "bad")), [])
+        connecting = fx.node.matching(match("state", "bad", current="connecting"))
         self.assertEqual(
             len(connecting), 1, "pusher-js reconnected after 4001:\n" + fx.node.report()
         )
@@ -152,23 +137,23 @@ class PusherJsChannelTests(TestCase):
         socket_id = await fx.connect("a", auth="ask")
         fx.node.send(op="subscribe", client="a", channel="private-forged", bind=[])
         request = await fx.node.wait_for(
-            _is("auth_request", "a", channel="private-forged"), "the auth request"
+            match("auth_request", "a", channel="private-forged"), "the auth request"
         )
         self.assertEqual(request["socket_id"], socket_id)
         fx.node.send(op="auth_response", req=request["req"], auth={"auth": f"{APP_KEY}:{'0' * 64}"})
         await fx.node.wait_for(
-            _is("message", "a", event="pusher:error"), "pusher:error for a forged signature"
+            match("message", "a", event="pusher:error"), "pusher:error for a forged signature"
         )
         fx.node.send(op="subscribe", client="a", channel="still-open", bind=[])
         await fx.event("a", "still-open", "pusher:subscription_succeeded")
         self.assertEqual(
             fx.node.matching(
-                _is("event", "a", channel="private-forged", event="pusher:subscription_succeeded")
+                match("event", "a", channel="private-forged", event="pusher:subscription_succeeded")
             ),
             [],
             "a forged signature was accepted",
         )
-        self.assertEqual(fx.node.matching(_is("state", "a", previous="connected")), [])
+        self.assertEqual(fx.node.matching(match("state", "a", previous="connected")), [])
 
     async def test_presence_members_added_and_removed_once_per_user(self) -> None:
         """
@@ -180,14 +165,14 @@ class PusherJsChannelTests(TestCase):
         channel = "presence-interop"
         await fx.connect("a", presence={"user_id": "1", "user_info": {"name": "Ann"}})
         await fx.subscribe("a", channel)
-        members_a = await fx.node.wait_for(_is("members", "a", channel=channel), "a's members")
+        members_a = await fx.node.wait_for(match("members", "a", channel=channel), "a's members")
         self.assertEqual(members_a["me"], {"id": "1", "info": {"name": "Ann"}})
         self.assertEqual(members_a["count"], 1)
 
         await fx.connect("b", presence={"user_id": "2", "user_info": {"name": "Bob"}})
         await fx.subscribe("b", channel)
         members_b = await fx.node.wait_for(
-            _is("members", "b", channel=channel, after="pusher:subscription_succeeded"),
+            match("members", "b", channel=channel, after="pusher:subscription_succeeded"),
             "b's members",
         )
         self.assertEqual(members_b["count"], 2)
@@ -198,7 +183,7 @@ class PusherJsChannelTests(TestCase):
         added = await fx.event("a", channel, "pusher:member_added")
         self.assertEqual(added["data"], {"id": "2", "info": {"name": "Bob"}})
         self.assertEqual(
-            fx.node.matching(_is("event", "b", channel=channel, event="pusher:member_added")), []
+            fx.node.matching(match("event", "b", channel=channel, event="pusher:member_added")), []
         )
 
         # A second connection of user 2: no second member_added, and its
@@ -206,15 +191,17 @@ class PusherJsChannelTests(TestCase):
         await fx.connect("b2", presence={"user_id": "2", "user_info": {"name": "Bob"}})
         await fx.subscribe("b2", channel)
         fx.node.send(op="disconnect", client="b2")
-        await fx.node.wait_for(_is("state", "b2", current="disconnected"), "b2 to disconnect")
+        await fx.node.wait_for(match("state", "b2", current="disconnected"), "b2 to disconnect")
         await fx.settle(0.5)
         self.assertEqual(
-            len(fx.node.matching(_is("event", "a", channel=channel, event="pusher:member_added"))),
+            len(
+                fx.node.matching(match("event", "a", channel=channel, event="pusher:member_added"))
+            ),
             1,
             "member_added sent per connection:\n" + fx.node.report(),
         )
         self.assertEqual(
-            fx.node.matching(_is("event", "a", channel=channel, event="pusher:member_removed")),
+            fx.node.matching(match("event", "a", channel=channel, event="pusher:member_removed")),
             [],
             "member_removed sent while the user still had a connection",
         )
@@ -224,7 +211,7 @@ class PusherJsChannelTests(TestCase):
         self.assertEqual(removed["data"]["id"], "2")
         fx.node.send(op="members", client="a", channel=channel)
         final = await fx.node.wait_for(
-            _is("members", "a", channel=channel, after=None), "a's members after b left"
+            match("members", "a", channel=channel, after=None), "a's members after b left"
         )
         self.assertEqual(final["count"], 1)
 
@@ -243,7 +230,7 @@ class PusherJsChannelTests(TestCase):
         event = await fx.event("a", channel, "sealed")
         self.assertEqual(event["data"], {"word": "swordfish"})
         raw = await fx.node.wait_for(
-            _is("message", "a", channel=channel, event="sealed"), "the raw encrypted frame"
+            match("message", "a", channel=channel, event="sealed"), "the raw encrypted frame"
         )
         self.assertEqual(set(raw["data"]), {"nonce", "ciphertext"})
         self.assertNotIn("swordfish", json.dumps(raw))
@@ -267,7 +254,7 @@ class PusherJsChannelTests(TestCase):
         replay = await fx.event("b", channel, "state")
         self.assertEqual(replay["data"], {"version": 3})
         self.assertEqual(
-            fx.node.matching(_is("event", "b", channel=channel, event="pusher:cache_miss")), []
+            fx.node.matching(match("event", "b", channel=channel, event="pusher:cache_miss")), []
         )
 
 
@@ -292,13 +279,13 @@ class PusherJsClientEventTests(TestCase):
         fx.node.send(
             op="client_event", client="a", channel=channel, event="client-typing", data={"who": "a"}
         )
-        sent = await fx.node.wait_for(_is("client_event_sent", "a"), "pusher-js to send")
+        sent = await fx.node.wait_for(match("client_event_sent", "a"), "pusher-js to send")
         self.assertTrue(sent["ok"])
         received = await fx.event("b", channel, "client-typing")
         self.assertEqual(received["data"], {"who": "a"})
         await fx.settle()
         self.assertEqual(
-            fx.node.matching(_is("event", "a", channel=channel, event="client-typing")), []
+            fx.node.matching(match("event", "a", channel=channel, event="client-typing")), []
         )
 
     async def test_presence_client_event_carries_user_id(self) -> None:
@@ -316,13 +303,13 @@ class PusherJsClientEventTests(TestCase):
             op="client_event", client="a", channel=channel, event="client-wave", data={"x": 1}
         )
         bound = await fx.node.wait_for(
-            _is("bound", "b", channel=channel, event="client-wave"), "b's bound handler"
+            match("bound", "b", channel=channel, event="client-wave"), "b's bound handler"
         )
         self.assertEqual(bound["data"], {"x": 1})
         self.assertEqual(bound["metadata"], {"user_id": "7"})
         await fx.settle()
         self.assertEqual(
-            fx.node.matching(_is("event", "a", channel=channel, event="client-wave")), []
+            fx.node.matching(match("event", "a", channel=channel, event="client-wave")), []
         )
 
     async def test_client_event_on_public_channel_is_rejected(self) -> None:
@@ -339,13 +326,13 @@ class PusherJsClientEventTests(TestCase):
         await fx.subscribe("b", channel)
         fx.node.send(op="client_event", client="a", channel=channel, event="client-nope", data={})
         await fx.node.wait_for(
-            _is("message", "a", event="pusher:error"), "pusher:error to the sender"
+            match("message", "a", event="pusher:error"), "pusher:error to the sender"
         )
         await fx.settle()
         self.assertEqual(
-            fx.node.matching(_is("event", "b", channel=channel, event="client-nope")), []
+            fx.node.matching(match("event", "b", channel=channel, event="client-nope")), []
         )
-        self.assertEqual(fx.node.matching(_is("state", "a", previous="connected")), [])
+        self.assertEqual(fx.node.matching(match("state", "a", previous="connected")), [])
 
 
 class PusherJsUserTests(TestCase):
@@ -367,12 +354,12 @@ class PusherJsUserTests(TestCase):
         fx.node.send(op="signin", client="a")
         fx.node.send(op="signin", client="b")
         success = await fx.node.wait_for(
-            _is("message", "a", event="pusher:signin_success"), "signin_success"
+            match("message", "a", event="pusher:signin_success"), "signin_success"
         )
         self.assertEqual(json.loads(success["data"]["user_data"])["id"], "42")
         for client, user in (("a", "42"), ("b", "43")):
             await fx.node.wait_for(
-                _is(
+                match(
                     "message",
                     client,
                     event="pusher_internal:subscription_succeeded",
@@ -382,10 +369,10 @@ class PusherJsUserTests(TestCase):
             )
         result = await fx.node.call_sdk("sendToUser", "42", "direct", {"for": "ann"})
         self.assertTrue(result["ok"], result)
-        event = await fx.node.wait_for(_is("user_event", "a", event="direct"), "a's user event")
+        event = await fx.node.wait_for(match("user_event", "a", event="direct"), "a's user event")
         self.assertEqual(event["data"], {"for": "ann"})
         await fx.settle()
-        self.assertEqual(fx.node.matching(_is("user_event", "b", event="direct")), [])
+        self.assertEqual(fx.node.matching(match("user_event", "b", event="direct")), [])
 
     async def test_signin_with_bad_signature_is_refused(self) -> None:
         """
@@ -396,7 +383,7 @@ class PusherJsUserTests(TestCase):
         await fx.connect("a", auth="ask")
         fx.node.send(op="signin", client="a")
         request = await fx.node.wait_for(
-            _is("auth_request", "a", kind="user"), "the user auth request"
+            match("auth_request", "a", kind="user"), "the user auth request"
         )
         fx.node.send(
             op="auth_response",
@@ -414,4 +401,4 @@ class PusherJsUserTests(TestCase):
             "an error or a close for a forged sign-in",
         )
         await fx.settle()
-        self.assertEqual(fx.node.matching(_is("message", "a", event="pusher:signin_success")), [])
+        self.assertEqual(fx.node.matching(match("message", "a", event="pusher:signin_success")), [])

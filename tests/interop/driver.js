@@ -20,8 +20,9 @@
  *   members       {client, channel}
  *   disconnect    {client}
  *   auth_response {req, auth?, error?}   answer to an auth_request (auth "ask")
- *   sdk_init      {options}              new Pusher(options) of the Node SDK
- *   sdk_call      {id, method, args}     call a Node SDK method
+ *   sdk_init      {options, sdk?}        new Pusher(options) of the Node SDK, kept
+ *                                        under the name `sdk` (default "default")
+ *   sdk_call      {id, method, args, sdk?}  call a method of that SDK instance
  *   exit          {}
  *
  * Observations (field `type`): ready, state, connected, conn_error, message
@@ -38,7 +39,7 @@ const PusherServer = require('pusher');
 const clients = new Map();
 const pendingAuth = new Map();
 let authSeq = 0;
-let sdk = null;
+const sdks = new Map();
 
 function emit(obj) {
   process.stdout.write(JSON.stringify(obj) + '\n');
@@ -86,6 +87,7 @@ function askAuth(client, kind, fields, callback) {
 
 function channelAuthorizer(name, cmd) {
   return (params, callback) => {
+    const sdk = sdks.get('default');
     const socketId = params.socketId;
     const channelName = params.channelName;
     if (cmd.auth === 'ask') {
@@ -110,6 +112,7 @@ function channelAuthorizer(name, cmd) {
 
 function userAuthenticator(name, cmd) {
   return (params, callback) => {
+    const sdk = sdks.get('default');
     const socketId = params.socketId;
     if (cmd.auth === 'ask') {
       askAuth(name, 'user', { socket_id: socketId }, callback);
@@ -128,7 +131,7 @@ function userAuthenticator(name, cmd) {
 
 function connect(cmd) {
   const name = cmd.client;
-  if (cmd.auth !== 'ask' && sdk === null) {
+  if (cmd.auth !== 'ask' && !sdks.has('default')) {
     throw new Error('auth "sdk" needs sdk_init first');
   }
   const options = Object.assign(
@@ -219,6 +222,10 @@ function subscribe(cmd) {
 async function sdkCall(cmd) {
   const id = cmd.id;
   try {
+    const sdk = sdks.get(cmd.sdk || 'default');
+    if (sdk === undefined) {
+      throw new Error('no SDK instance named ' + (cmd.sdk || 'default'));
+    }
     let result = sdk[cmd.method].apply(sdk, cmd.args || []);
     if (result && typeof result.then === 'function') {
       result = await result;
@@ -297,8 +304,8 @@ function handle(cmd) {
       break;
     }
     case 'sdk_init':
-      sdk = new PusherServer(cmd.options);
-      emit({ type: 'sdk_ready' });
+      sdks.set(cmd.sdk || 'default', new PusherServer(cmd.options));
+      emit({ type: 'sdk_ready', sdk: cmd.sdk || 'default' });
       break;
     case 'sdk_call':
       sdkCall(cmd);

@@ -1,0 +1,214 @@
+"""
+The official Node C{pusher} SDK (pusher-http-node 5) against a real
+C{twistd -n sockudo} process, with pusher-js clients receiving what it
+publishes.
+
+Each SDK call returns the HTTP status and the parsed body, so the response
+shapes of C{shared/docs/pusher-protocol.md} section 6.2 are asserted exactly;
+error statuses are asserted as the SDK reports them (a C{RequestError} with
+C{status}).
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.trial.unittest import TestCase
+
+from tests.interop_harness import Interop, match
+
+PRESENCE = "presence-node"
+PUBLIC = "node-public"
+
+
+async def _populate(fx: Interop) -> None:
+    """
+    Users 1 (two connections, a and a2) and 2 (b) on L{PRESENCE}; a also on
+    L{PUBLIC}.
+    """
+    for client, user_id in (("a", "1"), ("a2", "1"), ("b", "2")):
+        await fx.connect(client, presence={"user_id": user_id, "user_info": {"n": user_id}})
+        await fx.subscribe(client, PRESENCE)
+    await fx.subscribe("a", PUBLIC)
+
+
+class NodeSdkPublishTests(TestCase):
+    """
+    C{trigger}, C{triggerBatch} and C{sendToUser}.
+    """
+
+    timeout = 60
+
+    async def test_trigger_with_info_and_socket_exclusion(self) -> None:
+        """
+        C{trigger} with C{info} answers the channel's C{user_count} and
+        C{subscription_count}; every member receives the event except the
+        connection named by C{socket_id}.
+        """
+        fx = await Interop.start(self)
+        await _populate(fx)
+        result = await fx.node.call_sdk(
+            "trigger", [PRESENCE], "hello", {"x": 1}, {"info": "user_count,subscription_count"}
+        )
+        self.assertEqual(result["status"], 200, result)
+        self.assertEqual(
+            result["body"],
+            {"channels": {PRESENCE: {"user_count": 2, "subscription_count": 3}}},
+        )
+        for client in ("a", "a2", "b"):
+            event = await fx.event(client, PRESENCE, "hello")
+            self.assertEqual(event["data"], {"x": 1})
+
+        socket_b = fx.node.matching(match("connected", "b"))[0]["socket_id"]
+        plain = await fx.node.call_sdk(
+            "trigger", PRESENCE, "not-for-b", {"x": 2}, {"socket_id": socket_b}
+        )
+        self.assertEqual((plain["status"], plain["body"]), (200, {}))
+        await fx.event("a", PRESENCE, "not-for-b")
+        await fx.event("a2", PRESENCE, "not-for-b")
+        await fx.settle()
+        self.assertEqual(fx.node.matching(match("event", "b", event="not-for-b")), [])
+
+    async def test_trigger_batch(self) -> None:
+        """
+        C{triggerBatch} delivers each event to its channel; with C{info} on
+        one item the answer is index-aligned per item.
+        """
+        fx = await Interop.start(self)
+        await _populate(fx)
+        result = await fx.node.call_sdk(
+            "triggerBatch",
+            [
+                {"channel": PRESENCE, "name": "one", "data": {"i": 1}, "info": "user_count"},
+                {"channel": PUBLIC, "name": "two", "data": {"i": 2}},
+            ],
+        )
+        self.assertEqual(result["status"], 200, result)
+        self.assertEqual(result["body"], {"batch": [{"user_count": 2}, {}]})
+        one = await fx.event("b", PRESENCE, "one")
+        two = await fx.event("a", PUBLIC, "two")
+        self.assertEqual((one["data"], two["data"]), ({"i": 1}, {"i": 2}))
+
+    async def test_send_to_user_and_terminate_user_connections(self) -> None:
+        """
+        C{sendToUser} reaches the signed-in user only;
+        C{terminateUserConnections} drops that user's connections and no
+        other.
+        """
+        fx = await Interop.start(self)
+        await fx.connect("a", user={"id": "node-user"})
+        await fx.connect("b", user={"id": "someone-else"})
+        for client, user_id in (("a", "node-user"), ("b", "someone-else")):
+            fx.node.send(op="signin", client=client)
+            await fx.node.wait_for(
+                match(
+                    "message",
+                    client,
+                    event="pusher_internal:subscription_succeeded",
+                    channel=f"#server-to-user-{user_id}",
+                ),
+                f"{client} signed in and on its #server-to-user- channel",
+            )
+        sent = await fx.node.call_sdk("sendToUser", "node-user", "direct", {"hi": True})
+        self.assertEqual((sent["status"], sent["body"]), (200, {}))
+        event = await fx.node.wait_for(match("user_event", "a", event="direct"), "a's user event")
+        self.assertEqual(event["data"], {"hi": True})
+
+        terminated = await fx.node.call_sdk("terminateUserConnections", "node-user")
+        self.assertEqual(terminated["status"], 200, terminated)
+        await fx.node.wait_for(
+            match("state", "a", previous="connected"), "the terminated user's connection to drop"
+        )
+        await fx.settle(0.5)
+        self.assertEqual(fx.node.matching(match("user_event", "b", event="direct")), [])
+        self.assertEqual(fx.node.matching(match("state", "b", previous="connected")), [])
+
+
+class NodeSdkQueryTests(TestCase):
+    """
+    C{get} on C{/channels}, C{/channels/{name}} and C{/channels/{name}/users}.
+    """
+
+    timeout = 60
+
+    async def test_get_channels(self) -> None:
+        """
+        C{GET /channels} lists occupied channels; filtered by C{presence-}
+        with C{info=user_count} it counts distinct users.
+        """
+        fx = await Interop.start(self)
+        await _populate(fx)
+        listed = await fx.node.call_sdk("get", {"path": "/channels"})
+        self.assertEqual(listed["status"], 200, listed)
+        self.assertEqual(listed["body"], {"channels": {PRESENCE: {}, PUBLIC: {}}})
+        counted = await fx.node.call_sdk(
+            "get",
+            {
+                "path": "/channels",
+                "params": {"filter_by_prefix": "presence-", "info": "user_count"},
+            },
+        )
+        self.assertEqual(counted["body"], {"channels": {PRESENCE: {"user_count": 2}}})
+
+    async def test_get_channel_and_users(self) -> None:
+        """
+        C{GET /channels/{name}} reports occupancy and counts;
+        C{/users} lists each presence user once and is refused (400) on a
+        public channel.
+        """
+        fx = await Interop.start(self)
+        await _populate(fx)
+        info = await fx.node.call_sdk(
+            "get",
+            {
+                "path": f"/channels/{PRESENCE}",
+                "params": {"info": "user_count,subscription_count"},
+            },
+        )
+        self.assertEqual(info["status"], 200, info)
+        self.assertEqual(info["body"], {"occupied": True, "user_count": 2, "subscription_count": 3})
+        empty = await fx.node.call_sdk("get", {"path": "/channels/node-empty"})
+        self.assertEqual(empty["body"], {"occupied": False})
+        users = await fx.node.call_sdk("get", {"path": f"/channels/{PRESENCE}/users"})
+        self.assertEqual(users["status"], 200, users)
+        self.assertEqual(
+            sorted(users["body"]["users"], key=lambda u: u["id"]), [{"id": "1"}, {"id": "2"}]
+        )
+        refused = await fx.node.call_sdk("get", {"path": f"/channels/{PUBLIC}/users"})
+        self.assertEqual(refused["status"], 400, refused)
+
+
+class NodeSdkErrorTests(TestCase):
+    """
+    Refused requests get real HTTP error statuses and deliver nothing.
+    """
+
+    timeout = 60
+
+    async def test_refusals(self) -> None:
+        """
+        Over 10 KB of data is 413, a wrong secret 401, an unknown app id 404;
+        the subscribed client receives none of those events.
+        """
+        fx = await Interop.start(self)
+        await fx.connect("a")
+        await fx.subscribe("a", "node-guarded")
+
+        too_big = await fx.node.call_sdk("trigger", "node-guarded", "big", "x" * 11000)
+        self.assertEqual(too_big["status"], 413, too_big)
+
+        await fx.node.init_sdk(fx.sdk_options(secret="not-the-secret"), name="forger")
+        forged = await fx.node.call_sdk("trigger", "node-guarded", "forged", {}, sdk="forger")
+        self.assertEqual(forged["status"], 401, forged)
+
+        await fx.node.init_sdk(fx.sdk_options(app_id="999999"), name="stranger")
+        unknown = await fx.node.call_sdk("trigger", "node-guarded", "stranger", {}, sdk="stranger")
+        self.assertEqual(unknown["status"], 404, unknown)
+
+        await fx.node.call_sdk("trigger", "node-guarded", "marker", {})
+        await fx.event("a", "node-guarded", "marker")
+        await fx.settle()
+        delivered = {o["event"] for o in fx.node.matching(match("event", "a"))}
+        self.assertEqual(
+            delivered & {"big", "forged", "stranger"}, set(), json.dumps(sorted(delivered))
+        )
