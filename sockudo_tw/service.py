@@ -13,12 +13,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from klein import Klein
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
@@ -103,33 +101,6 @@ class WebSocketPart:
     close_connections: CloseConnections
 
 
-class _StubFactory(WebSocketServerFactory):
-    """
-    Remembers open stub connections so shutdown can close them.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.open_protocols: set[WebSocketServerProtocol] = set()
-
-
-class _StubProtocol(WebSocketServerProtocol):
-    """
-    Accepts any upgrade and stays silent; the Pusher protocol replaces it.
-    """
-
-    def onOpen(self) -> None:
-        self.factory.open_protocols.add(self)
-
-    def onClose(
-        self,
-        wasClean: bool,  # noqa: N803
-        code: int | None,
-        reason: str | None,
-    ) -> None:
-        self.factory.open_protocols.discard(self)
-
-
 def _websocket_resource(
     config: ServerConfig,
     reactor: Any,
@@ -153,7 +124,7 @@ def _websocket_resource(
         user_authentication_timeout=config.user_authentication_timeout,
         max_payload_kb=config.websocket_max_payload_kb,
     )
-    return WebSocketPart(factory.resource(), factory.close_connections)
+    return WebSocketPart(factory.websocket_resource(), factory.close_connections)
 
 
 def _api_resource(

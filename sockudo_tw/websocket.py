@@ -557,7 +557,7 @@ class PusherFactory(WebSocketServerFactory):
         except Exception:
             self._log.debug("Autobahn timers stay on the global reactor")
 
-    def resource(self) -> WebSocketResource:
+    def websocket_resource(self) -> WebSocketResource:
         """
         The resource to mount at C{/app/} on the Site.
         """
