@@ -11,9 +11,13 @@ import json
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from treq.client import HTTPClient
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.server import Site
 
 from sockudo_tw.api import PusherApi
 from sockudo_tw.apps import MemoryAppStore
@@ -534,13 +538,6 @@ class TriggerTests(ApiTestMixin, SynchronousTestCase):
         self.trigger({"name": "e", "channel": "c", "data": "x"})
         self.assertIsNone(self.successResultOf(self.cache.fetch("3", "c")))
 
-    def test_keep_alive(self) -> None:
-        """
-        The response does not ask to close the connection.
-        """
-        response = self.trigger({"name": "e", "channel": "c", "data": "x"})
-        self.assertNotEqual(response.header(b"Connection"), b"close")
-
 
 class RefusalTests(ApiTestMixin, SynchronousTestCase):
     """
@@ -1049,3 +1046,68 @@ class PreflightTests(ApiTestMixin, SynchronousTestCase):
         self.assertEqual(ok.header(b"Access-Control-Allow-Credentials"), b"true")
         no = self.raw("OPTIONS", "/apps/3/events", headers={"Origin": "https://b.example"})
         self.assertEqual(no.code, 403)
+
+
+class CountingSite(Site):
+    """
+    A site that counts the TCP connections it accepts.
+    """
+
+    connections = 0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self.connections += 1
+        return super().buildProtocol(addr)
+
+
+class KeepAliveTests(TestCase):
+    """
+    Over a real loopback socket, several API calls share one HTTP/1.1
+    connection.
+    """
+
+    async def _calls(self, url: str, count: int) -> list[int]:
+        """
+        Make C{count} signed triggers through one persistent pool.
+        """
+        from twisted.internet import reactor
+
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        self.addCleanup(pool.closeCachedConnections)
+        client = HTTPClient(Agent(reactor, pool=pool))
+        codes = []
+        for i in range(count):
+            body = json.dumps({"name": "e", "channel": "c", "data": str(i)}).encode()
+            query = sign_api_query(KEY, SECRET, "POST", "/apps/3/events", [], body, NOW)
+            response = await client.post(f"{url}/apps/3/events?{urlencode(query)}", data=body)
+            await response.content()
+            codes.append(response.code)
+        return codes
+
+    def test_keep_alive(self) -> Deferred[None]:
+        """
+        Three triggers succeed over a single accepted connection.
+        """
+        from twisted.internet import reactor
+
+        clock = Clock()
+        clock.advance(NOW)
+        adapter = RecordingAdapter()
+        api = PusherApi(
+            clock=clock,
+            app_store=MemoryAppStore([App(id="3", key=KEY, secret=SECRET)]),
+            adapter=adapter,
+            cache=MemoryChannelCache(clock),
+        )
+        site = CountingSite(api.resource())
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"http://127.0.0.1:{port.getHost().port}"
+
+        async def check() -> None:
+            codes = await self._calls(url, 3)
+            self.assertEqual(codes, [200, 200, 200])
+            self.assertEqual(site.connections, 1)
+            self.assertEqual(len(adapter.broadcasts), 3)
+
+        return Deferred.fromCoroutine(check())
