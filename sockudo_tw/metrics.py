@@ -42,8 +42,11 @@ from twisted.logger import Logger
 from twisted.web.http import Request as HTTPRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
-from sockudo_tw.pusher.channels import ChannelType
+from sockudo_tw.hooks import IPusherEvents, NoPusherEvents
+from sockudo_tw.pusher.channels import ChannelType, channel_type
+from sockudo_tw.pusher.errors import PusherErrorCode
 
 __all__ = [
     "CONNECTION_ERROR_TYPES",
@@ -51,6 +54,7 @@ __all__ = [
     "DEFAULT_PREFIX",
     "UNKNOWN_APP",
     "AppMetrics",
+    "MetricsObserver",
     "MetricsResource",
     "PusherMetrics",
     "channel_type_label",
@@ -301,18 +305,20 @@ class AppMetrics:
         self,
         channel_type: str,
         recipients: int,
-        fanout_ms: float,
+        fanout_ms: float | None = None,
         latency_ms: float | None = None,
     ) -> None:
         """
-        One event was handed to C{recipients} local sockets in C{fanout_ms}.
+        One event was handed to C{recipients} local sockets, taking
+        C{fanout_ms} if measured.
 
         C{latency_ms}, when the publish time is known, is Sockudo's
         C{broadcast_latency_ms}: from the HTTP publish to the local fan-out.
         The bytes and messages sent are counted by L{messages_sent}.
         """
         self.broadcast_fanout_size.observe(recipients)
-        self.broadcast_fanout_duration.observe(fanout_ms)
+        if fanout_ms is not None:
+            self.broadcast_fanout_duration.observe(fanout_ms)
         if latency_ms is not None:
             key = (channel_type, recipient_count_bucket(recipients))
             histogram = self.broadcast_latency.get(key)
@@ -814,6 +820,81 @@ _HISTOGRAMS: tuple[tuple[str, str, Callable[[AppMetrics], _Histogram]], ...] = (
         lambda app: app.http_duration,
     ),
 )
+
+
+_REJECTION_ERROR_TYPES: dict[int, str] = {
+    PusherErrorCode.APP_NOT_FOUND: "app_not_found",
+    PusherErrorCode.APP_DISABLED: "app_disabled",
+    PusherErrorCode.UNAUTHORIZED: "origin_not_allowed",
+}
+
+
+@implementer(IPusherEvents)
+class MetricsObserver(NoPusherEvents):
+    """
+    The WebSocket glue's observer, counting into a L{PusherMetrics}.
+
+    Only counters: C{connected} and C{active_channels} are read from the
+    registry at scrape time, so a missed event cannot make them drift.
+    """
+
+    def __init__(self, metrics: PusherMetrics) -> None:
+        self._app = metrics.app
+
+    def connection_opened(self, app_id: str, socket_id: str) -> None:
+        """
+        Count an accepted connection.
+        """
+        self._app(app_id).connection_opened()
+
+    def connection_closed(self, app_id: str, socket_id: str) -> None:
+        """
+        Count the end of an accepted connection.
+        """
+        self._app(app_id).connection_closed()
+
+    def connection_rejected(self, app_id: str | None, code: int) -> None:
+        """
+        Count a refused connection under Sockudo's C{error_type}: unknown
+        key, disabled app and origin have their own; anything else (over
+        quota included) is C{socket_handling_failed}, as in Sockudo. An
+        unknown key is counted under L{UNKNOWN_APP}.
+        """
+        error_type = _REJECTION_ERROR_TYPES.get(code, "socket_handling_failed")
+        self._app(UNKNOWN_APP if app_id is None else app_id).connection_error(error_type)
+
+    def subscribed(self, app_id: str, channel: str, socket_id: str) -> None:
+        """
+        Count a subscription by channel type.
+        """
+        self._app(app_id).subscribed(channel_type_label(channel_type(channel)))
+
+    def unsubscribed(self, app_id: str, channel: str, socket_id: str) -> None:
+        """
+        Count an unsubscription by channel type.
+        """
+        self._app(app_id).unsubscribed(channel_type_label(channel_type(channel)))
+
+    def message_received(self, app_id: str, size: int) -> None:
+        """
+        Count one inbound message and its bytes.
+        """
+        self._app(app_id).message_received(size)
+
+    def message_sent(self, app_id: str, size: int) -> None:
+        """
+        Count one frame sent to one client.
+        """
+        self._app(app_id).messages_sent(size)
+
+    def broadcast_delivered(self, app_id: str, channel: str, size: int, recipients: int) -> None:
+        """
+        Count a broadcast as C{recipients} messages of C{size} bytes, and
+        its fan-out size.
+        """
+        app = self._app(app_id)
+        app.messages_sent(size, recipients)
+        app.broadcast(channel_type_label(channel_type(channel)), recipients)
 
 
 class _BareCounterSpy:

@@ -17,12 +17,15 @@ from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
+from zope.interface.verify import verifyObject
 
+from sockudo_tw.hooks import IPusherEvents
 from sockudo_tw.metrics import (
     CONNECTION_ERROR_TYPES,
     CONTENT_TYPE,
     UNKNOWN_APP,
     AppMetrics,
+    MetricsObserver,
     MetricsResource,
     PusherMetrics,
     channel_type_label,
@@ -595,3 +598,83 @@ class ResourceTests(SynchronousTestCase):
         self.assertIsInstance(factory, Site)
         self.assertIsInstance(factory.resource.getStaticEntity(b"metrics"), MetricsResource)
         self.successResultOf(service.stopService())
+
+
+class ObserverTests(SynchronousTestCase):
+    """
+    L{MetricsObserver} turns the WebSocket glue's events into Sockudo's
+    counters.
+    """
+
+    def setUp(self) -> None:
+        """
+        An observer over a fresh registry.
+        """
+        self.registry = CollectorRegistry()
+        self.observer = MetricsObserver(PusherMetrics(self.registry))
+
+    def test_provides_interface(self) -> None:
+        """
+        The observer is an L{IPusherEvents}.
+        """
+        self.assertTrue(verifyObject(IPusherEvents, self.observer))
+
+    def test_connections(self) -> None:
+        """
+        Opens and closes count as connections and disconnections.
+        """
+        self.observer.connection_opened("a", "1.1")
+        self.observer.connection_opened("a", "1.2")
+        self.observer.connection_closed("a", "1.1")
+        result = scrape(self.registry)
+        self.assertEqual(result.value("sockudo_new_connections_total", app_id="a"), 2)
+        self.assertEqual(result.value("sockudo_new_disconnections_total", app_id="a"), 1)
+
+    def test_rejections(self) -> None:
+        """
+        Refusals count under Sockudo's error types; an unknown key under
+        C{unknown}, over quota as C{socket_handling_failed} as in Sockudo.
+        """
+        self.observer.connection_rejected(None, 4001)
+        self.observer.connection_rejected("a", 4003)
+        self.observer.connection_rejected("a", 4004)
+        self.observer.connection_rejected("a", 4009)
+        result = scrape(self.registry)
+        name = "sockudo_connection_errors_total"
+        self.assertEqual(result.value(name, app_id=UNKNOWN_APP, error_type="app_not_found"), 1)
+        self.assertEqual(result.value(name, app_id="a", error_type="app_disabled"), 1)
+        self.assertEqual(result.value(name, app_id="a", error_type="socket_handling_failed"), 1)
+        self.assertEqual(result.value(name, app_id="a", error_type="origin_not_allowed"), 1)
+
+    def test_subscriptions(self) -> None:
+        """
+        Subscriptions count by Sockudo's channel type label.
+        """
+        self.observer.subscribed("a", "presence-room", "1.1")
+        self.observer.subscribed("a", "private-cache-x", "1.1")
+        self.observer.unsubscribed("a", "presence-room", "1.1")
+        result = scrape(self.registry)
+        self.assertEqual(
+            result.value("sockudo_channel_subscriptions_total", channel_type="presence"), 1
+        )
+        self.assertEqual(
+            result.value("sockudo_channel_subscriptions_total", channel_type="cache"), 1
+        )
+        self.assertEqual(
+            result.value("sockudo_channel_unsubscriptions_total", channel_type="presence"), 1
+        )
+
+    def test_messages(self) -> None:
+        """
+        Messages in, single frames out and broadcasts (size times recipients)
+        count as messages and bytes; a broadcast also counts its fan-out.
+        """
+        self.observer.message_received("a", 30)
+        self.observer.message_sent("a", 10)
+        self.observer.broadcast_delivered("a", "news", 100, 4)
+        result = scrape(self.registry)
+        self.assertEqual(result.value("sockudo_ws_messages_received_total"), 1)
+        self.assertEqual(result.value("sockudo_socket_received_bytes"), 30)
+        self.assertEqual(result.value("sockudo_ws_messages_sent_total"), 5)
+        self.assertEqual(result.value("sockudo_socket_transmitted_bytes"), 410)
+        self.assertEqual(result.value("sockudo_broadcast_fanout_size_sum"), 4)
