@@ -45,7 +45,7 @@ from typing import Any, Protocol
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
-from twisted.internet.error import TimeoutError as DeferredTimeoutError
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -53,6 +53,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from sockudo_tw.apps import IAppStore
+from sockudo_tw.hooks import IPusherEvents, NoPusherEvents
 from sockudo_tw.pusher.app import App, WebhookTarget
 from sockudo_tw.pusher.signing import webhook_signature
 from sockudo_tw.queue import IJobQueue
@@ -413,10 +414,12 @@ def _leave_key(app_id: str, channel: str, user_id: str | None = None) -> str:
     return f"removed\x00{app_id}\x00{channel}\x00{user_id}"
 
 
-@implementer(IWebhookEvents)
-class WebhookEvents:
+@implementer(IWebhookEvents, IPusherEvents)
+class WebhookEvents(NoPusherEvents):
     """
-    The webhook sink: filters, holds leaves, batches, and queues jobs.
+    The webhook sink: filters, holds leaves, batches, and queues jobs. It is
+    also a complete L{IPusherEvents} observer (ignoring what is not a
+    webhook), so the WebSocket side can report to it directly.
     """
 
     _log = Logger()
