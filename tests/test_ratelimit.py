@@ -11,8 +11,9 @@ import json
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
@@ -307,3 +308,79 @@ class RateLimitedResourceTests(SynchronousTestCase):
         self.assertEqual(code, 500)
         self.assertEqual(json.loads(body)["message"], "Rate limiter backend unavailable.")
         self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
+
+
+class _Collect(Protocol):
+    """
+    Send one raw request, collect whatever comes back.
+    """
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.received = b""
+        self.got_status: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if b"\r\n\r\n" in self.received and not self.got_status.called:
+            self.got_status.callback(self.received)
+
+
+UPGRADE = (
+    b"GET /app/key?protocol=7 HTTP/1.1\r\n"
+    b"Host: 127.0.0.1\r\n"
+    b"Upgrade: websocket\r\n"
+    b"Connection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+class WebSocketUpgradeTests(TestCase):
+    """
+    The wrapper in front of Autobahn's C{WebSocketResource}, over a real
+    loopback socket: the C{websocket_rate_limit} use.
+    """
+
+    def test_upgrade_then_refused(self) -> Deferred[None]:
+        """
+        The first upgrade gets C{101 Switching Protocols}; the second, over
+        a limit of one, a 429 and no WebSocket.
+        """
+        from autobahn.twisted.resource import WebSocketResource
+        from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        from twisted.web.server import Site
+
+        factory = WebSocketServerFactory()
+        factory.protocol = WebSocketServerProtocol
+        root = Resource()
+        limiter = MemoryRateLimiter(reactor)
+        rule = RateLimitRule(max_requests=1, identifier="websocket_connect")
+        root.putChild(b"app", RateLimitedResource(WebSocketResource(factory), limiter, rule))
+        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+
+        async def connect() -> bytes:
+            protocol = _Collect(UPGRADE)
+            await connectProtocol(endpoint, protocol)
+            try:
+                return await protocol.got_status
+            finally:
+                assert protocol.transport is not None
+                protocol.transport.abortConnection()
+
+        async def check() -> None:
+            first = await connect()
+            self.assertTrue(first.startswith(b"HTTP/1.1 101"), first)
+            second = await connect()
+            self.assertTrue(second.startswith(b"HTTP/1.1 429"), second)
+            self.assertIn(b"Retry-After: 60", second)
+
+        return Deferred.fromCoroutine(check())
