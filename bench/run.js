@@ -378,8 +378,8 @@ async function scenarioConnect(opts, pid) {
     const srv = serverDelta(s0, s1);
     if (srv) {
       srv.rss_held_kb = s2 ? s2.rssKb : null;
-      srv.rss_per_connection_kb = r3(((s2 ? s2.rssKb : s1.rssKb) - s0.rssKb) / Math.max(1, opened.ok));
-      srv.cpu_ms_per_connection = r3((s1.cpuMs - s0.cpuMs) / Math.max(1, opened.ok));
+      srv.rss_per_connection_kb = opened.ok ? r3(((s2 ? s2.rssKb : s1.rssKb) - s0.rssKb) / opened.ok) : null;
+      srv.cpu_ms_per_connection = opened.ok ? r3((s1.cpuMs - s0.cpuMs) / opened.ok) : null;
       srv.peak_rss_kb = sampler.peakRssKb;
       srv.peak_cpu_pct = r3(sampler.peakCpuPct);
     }
@@ -431,7 +431,7 @@ async function runDelivery(opts, pid, items, rate, channelsFor, label) {
     const srv = serverDelta(s0, s1);
     const spanS = Math.max(1e-6, ((rep.lastReceiveUs || nowUs()) - pub.startUs) / 1e6);
     if (srv) {
-      srv.cpu_ms_per_1k_deliveries = r3((srv.cpu_ms * 1000) / Math.max(1, rep.received));
+      srv.cpu_ms_per_1k_deliveries = rep.received ? r3((srv.cpu_ms * 1000) / rep.received) : null;
       srv.cpu_pct = r3((100 * srv.cpu_ms) / (spanS * 1000));
       srv.peak_cpu_pct = r3(sampler.peakCpuPct);
       srv.peak_rss_kb = sampler.peakRssKb;
@@ -532,7 +532,7 @@ async function scenarioHttp(opts, pid) {
     }
     const srv = serverDelta(s0, s1);
     if (srv) {
-      srv.cpu_ms_per_1k_requests = r3((srv.cpu_ms * 1000) / Math.max(1, ok));
+      srv.cpu_ms_per_1k_requests = ok ? r3((srv.cpu_ms * 1000) / ok) : null;
       srv.peak_cpu_pct = r3(sampler.peakCpuPct);
       srv.peak_rss_kb = sampler.peakRssKb;
     }
@@ -573,13 +573,14 @@ async function scenarioPresence(opts, pid) {
     const sampler = new ServerSampler(pid).start();
     const t0 = nowUs();
     const opened = await pool.open(connectionItems(n, () => 'presence-bench', opts), wsCfg(opts), (opts['connect-timeout'] + 5) * 1000 + (n / Math.max(1, opts.concurrency)) * opts['connect-timeout'] * 1000);
-    const joinedS = ((opened.lastSubscribedUs || nowUs()) - t0) / 1e6;
+    const joinedS = opened.ok ? (opened.lastSubscribedUs - t0) / 1e6 : null;
     // every join is announced to everyone already in: 0 + 1 + ... + (n-1)
     const expectedAdded = (opened.ok * (opened.ok - 1)) / 2;
     const rep = await waitFor(pool, (r) => r.memberAdded >= expectedAdded, opts['connect-timeout']);
     sampler.stop();
     const s1 = serverSnapshot(pid);
-    const convergedS = (Math.max(rep.lastMemberAddedUs, opened.lastSubscribedUs) - t0) / 1e6;
+    const lastEventUs = Math.max(rep.lastMemberAddedUs, opened.lastSubscribedUs);
+    const convergedS = opened.ok && lastEventUs > t0 ? (lastEventUs - t0) / 1e6 : null;
     const srv = serverDelta(s0, s1);
     if (srv) {
       srv.peak_rss_kb = sampler.peakRssKb;

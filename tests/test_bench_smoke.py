@@ -1,0 +1,215 @@
+"""
+Smoke run of the load tool (C{bench/run.js}) against a real C{twistd -n
+sockudo} on loopback.
+
+Every scenario runs for a couple of seconds with small numbers. The test
+fails only on errors or lost messages, never on timing: its job is to catch a
+server (or tool) change that breaks delivery under load, not to measure.
+Outside CI a missing C{node} or C{bench/node_modules} makes it skip with a
+message naming the missing piece; with C{CI=true} that is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = REPO_ROOT / "bench"
+SERVER_START_TIMEOUT = 30.0
+BENCH_TIMEOUT = 180.0
+
+
+def _in_ci() -> bool:
+    """
+    Whether we run under CI, where a missing dependency must fail.
+    """
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def _missing() -> list[str]:
+    """
+    Name what this machine lacks to run the load tool.
+    """
+    missing = []
+    if shutil.which("node") is None:
+        missing.append("the `node` executable (Node.js >= 18)")
+    if not (BENCH_DIR / "node_modules" / "ws").is_dir():
+        missing.append("bench/node_modules (run `npm ci --prefix bench`)")
+    return missing
+
+
+def _free_port() -> int:
+    """
+    A TCP port that was free on 127.0.0.1 a moment ago.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _port_open(port: int) -> bool:
+    """
+    Whether something accepts TCP connections on 127.0.0.1:C{port}.
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class BenchSmokeTests(SynchronousTestCase):
+    """
+    The load tool's five scenarios against a real daemon, without loss.
+    """
+
+    def setUp(self) -> None:
+        """
+        Skip (or fail in CI) without Node and the tool's dependencies, then
+        start C{twistd -n sockudo} on a free loopback port with the default
+        app (app-id / app-key / app-secret).
+        """
+        missing = _missing()
+        if missing:
+            message = "bench smoke test needs " + " and ".join(missing)
+            if _in_ci():
+                self.fail(message)
+            raise SkipTest(message)
+        self.port = _free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="sockudo-bench-"))
+        self.addCleanup(shutil.rmtree, self.workdir, True)
+        self.server_log = self.workdir / "server.log"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        )
+        argv = [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "sockudo",
+            "--listen",
+            f"tcp:{self.port}:interface=127.0.0.1",
+        ]
+        with self.server_log.open("wb") as log:
+            self.server = subprocess.Popen(
+                argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.addCleanup(self._stop_server)
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while not _port_open(self.port):
+            if self.server.poll() is not None:
+                self.fail(f"twistd sockudo exited during start-up:\n{self._log_tail()}")
+            if time.monotonic() > deadline:
+                self.fail(f"twistd sockudo did not listen within {SERVER_START_TIMEOUT} s")
+            time.sleep(0.1)
+
+    def _stop_server(self) -> None:
+        """
+        SIGTERM the daemon, SIGKILL it if it has not exited after 10 s.
+        """
+        if self.server.poll() is None:
+            self.server.terminate()
+            try:
+                self.server.wait(10)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait(5)
+
+    def _log_tail(self, lines: int = 40) -> str:
+        """
+        The end of the daemon's log, for failure messages.
+        """
+        text = self.server_log.read_text("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def test_all_scenarios_without_errors_or_loss(self) -> None:
+        """
+        C{node bench/run.js --scenario all} with small numbers exits 0, and
+        its JSON shows every connection subscribed, every trigger accepted,
+        every event delivered and every presence member announced.
+        """
+        out = self.workdir / "result.json"
+        argv = [
+            "node",
+            str(BENCH_DIR / "run.js"),
+            "--scenario",
+            "all",
+            "--port",
+            str(self.port),
+            "--server-pid",
+            str(self.server.pid),
+            "--server-name",
+            "smoke",
+            "--workers",
+            "1",
+            "--concurrency",
+            "20",
+            "--connections",
+            "50",
+            "--subscribers",
+            "20",
+            "--clients",
+            "20",
+            "--members",
+            "10",
+            "--rate",
+            "20",
+            "--duration",
+            "2",
+            "--http-connections",
+            "4",
+            "--inflight",
+            "4",
+            "--hold",
+            "1",
+            "--settle-time",
+            "0.5",
+            "--drain",
+            "20",
+            "--max-time",
+            str(int(BENCH_TIMEOUT) - 10),
+            "--out",
+            str(out),
+        ]
+        run = subprocess.run(
+            argv,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=BENCH_TIMEOUT,
+            check=False,
+        )
+        report = f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}\nserver:\n{self._log_tail()}"
+        self.assertTrue(out.exists(), f"no JSON results written\n{report}")
+        doc: dict[str, Any] = json.loads(out.read_text("utf-8"))
+        results = doc["results"]
+        self.assertEqual(
+            sorted(results), ["channels", "connect", "fanout", "http", "presence"], report
+        )
+        for name, result in results.items():
+            self.assertEqual(result["errors"], 0, f"{name} had errors\n{report}")
+        self.assertEqual(results["connect"]["connections"]["subscribed"], 50, report)
+        for name in ("fanout", "channels"):
+            delivery = results[name]["delivery"]
+            self.assertGreater(delivery["expected"], 0, f"{name} published nothing\n{report}")
+            self.assertEqual(delivery["received"], delivery["expected"], report)
+        self.assertGreater(results["http"]["http"]["ok"], 0, report)
+        presence = results["presence"]["presence"]
+        self.assertEqual(presence["joined"], 10, report)
+        self.assertEqual(presence["member_added_received"], 45, report)
+        self.assertEqual(run.returncode, 0, report)
