@@ -80,6 +80,9 @@ class ApiError(Exception):
 
 
 def _bad(message: str) -> NoReturn:
+    """
+    Refuse a malformed request with 400.
+    """
     raise ApiError(400, message)
 
 
@@ -190,6 +193,10 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 
 def _respond(request: IRequest, status: int, payload: Mapping[str, Any]) -> bytes:
+    """
+    Set C{status} and the JSON content type; return C{payload} as compact
+    JSON bytes.
+    """
     set_status(request, status)
     set_header(request, b"Content-Type", b"application/json")
     return _encoder.encode(payload).encode("utf-8")
@@ -550,6 +557,10 @@ class PusherApi:
         return self._terminate(request, app, user_id)
 
     def _terminate(self, request: IRequest, app: App, raw_user_id: str) -> bytes:
+        """
+        Validate the user id from the path and have the adapter close that
+        user's sockets on every node.
+        """
         user_id = unquote(raw_user_id)
         if not _USER_ID.match(user_id):
             _bad(f"Invalid user id: {user_id}")
@@ -583,6 +594,10 @@ class PusherApi:
 
     @app.handle_errors(ApiError)
     def _api_error(self, request: IRequest, failure: Failure) -> bytes:
+        """
+        A refusal: its status and C{{"error": message}} (plus Sockudo's
+        C{message} on 429).
+        """
         error = failure.value
         assert isinstance(error, ApiError)
         if error.status >= 500:
@@ -596,10 +611,16 @@ class PusherApi:
 
     @app.handle_errors(NotFound)
     def _not_found(self, request: IRequest, failure: Failure) -> bytes:
+        """
+        No route matched: a JSON 404.
+        """
         return _respond(request, 404, {"error": "Not found"})
 
     @app.handle_errors(MethodNotAllowed)
     def _method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
+        """
+        A route matched with another method: 405 with C{Allow}.
+        """
         error = failure.value
         assert isinstance(error, MethodNotAllowed)
         if error.valid_methods:
@@ -608,5 +629,8 @@ class PusherApi:
 
     @app.handle_errors(Exception)
     def _internal_error(self, request: IRequest, failure: Failure) -> bytes:
+        """
+        A bug: log it with its traceback, answer a JSON 500.
+        """
         self._log.failure("Unhandled error in the HTTP API", failure=failure)
         return _respond(request, 500, {"error": "Internal Server Error"})

@@ -177,6 +177,9 @@ def set_status(request: IRequest, code: int) -> None:
 
 
 def _valid_ip(text: str) -> str | None:
+    """
+    C{text} stripped, if it is an IPv4 or IPv6 address; else L{None}.
+    """
     text = text.strip()
     try:
         ipaddress.ip_address(text)
@@ -286,12 +289,19 @@ class RateLimitedResource:
         raise NotImplementedError("put children on the wrapped resource")
 
     def _admitting(self, request: IRequest) -> IResource:
+        """
+        The resource that renders C{request}: the wrapped one once admitted,
+        or a JSON refusal.
+        """
         if self._rule.max_requests <= 0:
             return self._wrapped
         admitted = Deferred.fromCoroutine(self._admit(request))
         return DeferredResource(admitted)  # type: ignore[no-untyped-call]
 
     async def _admit(self, request: IRequest) -> IResource:
+        """
+        Count the request against its client address and set the headers.
+        """
         ip = client_ip(request, self._rule.trust_hops)
         key = f"{self._rule.identifier}:{ip}"
         try:
