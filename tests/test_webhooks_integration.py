@@ -1,0 +1,377 @@
+"""
+Webhooks end to end over real loopback HTTP: a C{twisted.web} receiver on
+127.0.0.1 (port 0) checks what real treq sends. The sink runs on a L{Clock}
+so the batching window and the 3 s leave delay are stepped, not waited for.
+The Redis tests use the server on 127.0.0.1:6379 (required when C{CI=true})
+and a worker process killed with SIGKILL mid-delivery.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pusher
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+import sockudo_tw
+from sockudo_tw.apps import MemoryAppStore
+from sockudo_tw.pusher.app import App, WebhookTarget
+from sockudo_tw.queue import IJobQueue, MemoryJobQueue, RedisJobQueue
+from sockudo_tw.webhooks import WebhookEvents, WebhookSender, WebhookSettings
+from tests.test_queue import connect_redis, eventually, require_redis, true
+
+ALL = (
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+    "cache_miss",
+    "subscription_count",
+)
+HANG = 0
+"""
+A scripted status meaning "never answer this request".
+"""
+
+CHILD_WORKER = """
+import json, sys
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.web.client import Agent
+import txredisapi
+from sockudo_tw.apps import MemoryAppStore
+from sockudo_tw.pusher.app import App, WebhookTarget
+from sockudo_tw.queue import RedisJobQueue
+from sockudo_tw.webhooks import WebhookSender
+
+prefix, app_id, key, secret, url = sys.argv[1:6]
+app = App(id=app_id, key=key, secret=secret, webhooks=(WebhookTarget(url=url, event_types=()),))
+
+async def main():
+    redis = await txredisapi.Connection("127.0.0.1", 6379, reconnect=False, convertNumbers=False)
+    queue = RedisJobQueue(redis, reactor, prefix=prefix, liveness_ttl=1.0, poll_interval=0.05)
+    sender = WebhookSender(MemoryAppStore([app]), HTTPClient(Agent(reactor)), reactor)
+    def handler(job):
+        print("taken", queue.worker_id, flush=True)
+        return sender.deliver(job)
+    queue.start(handler)
+
+Deferred.fromCoroutine(main()).addErrback(lambda f: (f.printTraceback(), reactor.stop()))
+reactor.callLater(60, reactor.stop)
+reactor.run()
+"""
+
+
+def read(path: Path) -> str:
+    """
+    The text of a small file.
+    """
+    return path.read_text()
+
+
+class Receiver(Resource):
+    """
+    A webhook endpoint that records each POST and answers with the next
+    scripted status (200 once the script is used up; L{HANG} never answers).
+    """
+
+    isLeaf = True  # noqa: N815 (twisted.web's name)
+
+    def __init__(self, *script: int) -> None:
+        super().__init__()
+        self.script = list(script)
+        self.requests: list[tuple[dict[str, list[str]], bytes]] = []
+        self.hung: list[Request] = []
+
+    def render_POST(self, request: Request) -> bytes | int:
+        assert request.content is not None
+        body = request.content.read()
+        headers = {
+            k.decode().lower(): [v.decode() for v in vs]
+            for k, vs in request.requestHeaders.getAllRawHeaders()
+        }
+        self.requests.append((headers, body))
+        code = self.script.pop(0) if self.script else 200
+        if code == HANG:
+            self.hung.append(request)
+            return NOT_DONE_YET
+        request.setResponseCode(code)
+        return b"{}"
+
+
+class WebhookIntegrationTests(TestCase):
+    """
+    Sink, queue and sender against a real HTTP receiver.
+    """
+
+    def setUp(self) -> None:
+        self.app = App(
+            id="42",
+            key="278d425bdf160c739803",
+            secret="7ad3773142a6692b25b8",
+            webhooks=(),
+        )
+        self.sink_clock = Clock()
+        self.sink_clock.advance(time.time())
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.http = HTTPClient(Agent(reactor, pool=self.pool))
+
+    def listen(self, *script: int) -> Receiver:
+        """
+        Start a receiver on 127.0.0.1:0 and point the app's webhook at it.
+        """
+        receiver = Receiver(*script)
+        port = reactor.listenTCP(0, Site(receiver), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        url = f"http://127.0.0.1:{port.getHost().port}/webhook"
+        target = WebhookTarget(url=url, event_types=ALL, headers={"X-Env": "test"})
+        self.app = App(id=self.app.id, key=self.app.key, secret=self.app.secret, webhooks=(target,))
+        self.store = MemoryAppStore([self.app])
+        return receiver
+
+    def pipeline(self, queue: IJobQueue | None = None, **settings: Any) -> WebhookEvents:
+        """
+        A sink on the test clock feeding C{queue} (a memory queue on the
+        reactor by default), consumed by a treq sender with short retries.
+        """
+        settings.setdefault("retry_initial_delay", 0.05)
+        settings.setdefault("retry_max_delay", 0.2)
+        webhook_settings = WebhookSettings(**settings)
+        if queue is None:
+            queue = MemoryJobQueue(reactor)
+        sender = WebhookSender(self.store, self.http, reactor, webhook_settings)
+        queue.start(sender.deliver)
+
+        def stop() -> Deferred[None]:
+            sender.stop()
+            return queue.stop()
+
+        self.addCleanup(stop)
+        return WebhookEvents(self.store, queue, self.sink_clock, webhook_settings)
+
+    def verified(self, receiver: Receiver, index: int = 0) -> dict[str, Any]:
+        """
+        Check request C{index} as pusher-http-python does (key, signature,
+        C{time_ms} within 5 minutes) and as pusher-http-node does (the exact
+        content type); return its body.
+        """
+        headers, body = receiver.requests[index]
+        self.assertEqual(headers["content-type"], ["application/json"])
+        self.assertEqual(headers["x-env"], ["test"])
+        client = pusher.Pusher(app_id=self.app.id, key=self.app.key, secret=self.app.secret)
+        data = client.validate_webhook(
+            headers["x-pusher-key"][0], headers["x-pusher-signature"][0], body
+        )
+        self.assertIsNotNone(data, "signature, key or time_ms refused")
+        return dict(data)
+
+    async def test_signed_batched_delivery(self) -> None:
+        """
+        Events within the batching window arrive as one signed POST.
+        """
+        receiver = self.listen()
+        sink = self.pipeline()
+        sink.channel_occupied("42", "private-a")
+        sink.client_event("42", "private-a", "client-typing", '{"on":true}', "1.2", None)
+        self.sink_clock.advance(0.05)
+        await eventually(lambda: true(len(receiver.requests) == 1))
+        body = self.verified(receiver)
+        self.assertEqual([e["name"] for e in body["events"]], ["channel_occupied", "client_event"])
+        self.assertEqual(body["events"][1]["data"], '{"on":true}')
+
+    async def test_leave_delay_and_cancellation(self) -> None:
+        """
+        A vacated channel is reported after the 3 s delay; one re-occupied
+        within the delay (a reload) is not reported at all.
+        """
+        receiver = self.listen()
+        sink = self.pipeline()
+        sink.channel_vacated("42", "gone")
+        sink.channel_vacated("42", "reloaded")
+        self.sink_clock.advance(1)
+        sink.channel_occupied("42", "reloaded")
+        self.sink_clock.advance(1.99)
+        await deferLater(reactor, 0.1, lambda: None)  # type: ignore[arg-type]
+        self.assertEqual(receiver.requests, [])
+        self.sink_clock.advance(0.01)
+        self.sink_clock.advance(0.05)
+        await eventually(lambda: true(len(receiver.requests) == 1))
+        self.assertEqual(
+            self.verified(receiver)["events"], [{"name": "channel_vacated", "channel": "gone"}]
+        )
+        self.sink_clock.advance(10)
+        await deferLater(reactor, 0.2, lambda: None)  # type: ignore[arg-type]
+        self.assertEqual(len(receiver.requests), 1)
+
+    async def test_retries_until_success(self) -> None:
+        """
+        A receiver failing twice with 503 gets the same signed body a third
+        time, and no more.
+        """
+        receiver = self.listen(503, 503)
+        sink = self.pipeline()
+        sink.member_added("42", "presence-a", "u1")
+        self.sink_clock.advance(0.05)
+        await eventually(lambda: true(len(receiver.requests) == 3))
+        bodies = {body for _, body in receiver.requests}
+        self.assertEqual(len(bodies), 1)
+        self.verified(receiver, 2)
+        await deferLater(reactor, 0.5, lambda: None)  # type: ignore[arg-type]
+        self.assertEqual(len(receiver.requests), 3)
+
+    async def test_timeout_retried(self) -> None:
+        """
+        A request the receiver never answers times out and is sent again.
+        """
+        receiver = self.listen(HANG)
+        sink = self.pipeline(request_timeout=0.3)
+        sink.cache_miss("42", "cache-a")
+        self.sink_clock.advance(0.05)
+        await eventually(lambda: true(len(receiver.requests) == 2))
+        self.verified(receiver, 1)
+
+    async def test_no_retry_on_400(self) -> None:
+        """
+        A 400 answer is final: exactly one request.
+        """
+        receiver = self.listen(400)
+        sink = self.pipeline()
+        sink.channel_occupied("42", "a")
+        self.sink_clock.advance(0.05)
+        await eventually(lambda: true(len(receiver.requests) == 1))
+        await deferLater(reactor, 0.6, lambda: None)  # type: ignore[arg-type]
+        self.assertEqual(len(receiver.requests), 1)
+
+
+class RedisDurabilityTests(TestCase):
+    """
+    The Redis queue keeps webhook jobs across a worker's death.
+    """
+
+    setUp = WebhookIntegrationTests.setUp
+    listen = WebhookIntegrationTests.listen
+    verified = WebhookIntegrationTests.verified
+
+    async def redis_setup(self) -> None:
+        """
+        Require Redis and connect under a per-test prefix.
+        """
+        require_redis(self)
+        self.prefix = f"sockudo_tw_test_{uuid.uuid4().hex}"
+        self.redis = await connect_redis(self)
+
+    def worker(self, **kwargs: Any) -> RedisJobQueue:
+        """
+        A Redis worker delivering with treq, stopped after the test.
+        """
+        queue = RedisJobQueue(self.redis, reactor, prefix=self.prefix, poll_interval=0.05, **kwargs)
+        sender = WebhookSender(self.store, self.http, reactor)
+        queue.start(sender.deliver)
+
+        def stop() -> Deferred[None]:
+            sender.stop()
+            return queue.stop()
+
+        self.addCleanup(stop)
+        return queue
+
+    async def test_job_of_dead_worker_delivered(self) -> None:
+        """
+        A job built by the sink and left unacknowledged in a dead worker's
+        processing list is delivered, signed, by a new worker.
+        """
+        await self.redis_setup()
+        receiver = self.listen()
+        accepted = RedisJobQueue(self.redis, reactor, prefix=self.prefix, worker_id="dead")
+        sink = WebhookEvents(self.store, accepted, self.sink_clock)
+        sink.channel_occupied("42", "durable")
+        self.sink_clock.advance(0.05)
+        await eventually(lambda: self._llen(accepted.queue_key, 1))
+        # The dead worker had taken the job and registered, then died.
+        await self.redis.execute_command(
+            "LMOVE", accepted.queue_key, accepted.processing_key, "RIGHT", "LEFT"
+        )
+        await self.redis.execute_command("SADD", accepted.queue_key + ":workers", "dead")
+        self.worker()
+        await eventually(lambda: true(len(receiver.requests) == 1))
+        self.assertEqual(
+            self.verified(receiver)["events"], [{"name": "channel_occupied", "channel": "durable"}]
+        )
+        await eventually(lambda: self._llen(accepted.processing_key, 0))
+
+    async def _llen(self, key: str, expected: int) -> bool:
+        return int(await self.redis.execute_command("LLEN", key)) == expected
+
+    def spawn_worker(self, url: str) -> tuple[subprocess.Popen[bytes], Path]:
+        """
+        Start a worker process (a Redis queue and a treq sender, as the
+        daemon builds them) whose output goes to a file.
+        """
+        root = str(Path(sockudo_tw.__file__).resolve().parent.parent)
+        out = Path(self.mktemp())
+        with out.open("w") as stdout:
+            child = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    CHILD_WORKER,
+                    self.prefix,
+                    self.app.id,
+                    self.app.key,
+                    self.app.secret,
+                    url,
+                ],
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONPATH": root},
+                cwd=root,
+            )
+        return child, out
+
+    async def test_sigkill_mid_delivery(self) -> None:
+        """
+        A worker process killed with SIGKILL while its request hangs leaves
+        the job in Redis; a new worker delivers it once the dead worker's
+        liveness key expires.
+        """
+        await self.redis_setup()
+        receiver = self.listen(HANG)
+        url = self.app.webhooks[0].url
+        assert url is not None
+        child, out = self.spawn_worker(url)
+        self.addCleanup(lambda: child.poll() is None and child.kill())
+        accepted = RedisJobQueue(self.redis, reactor, prefix=self.prefix)
+        sink = WebhookEvents(self.store, accepted, self.sink_clock)
+        sink.member_removed("42", "presence-room", "u7")
+        self.sink_clock.advance(3)
+        self.sink_clock.advance(0.05)
+        await eventually(lambda: true(len(receiver.requests) == 1), within=15)
+        self.assertIn("taken", read(out))
+        os.kill(child.pid, signal.SIGKILL)
+        self.assertEqual(child.wait(timeout=10), -signal.SIGKILL)
+        processing = f"{self.prefix}:queue:webhooks:processing:{read(out).split()[1]}"
+        self.assertTrue(await self._llen(processing, 1))
+        self.worker(liveness_ttl=1.0)
+        await eventually(lambda: true(len(receiver.requests) == 2), within=10)
+        self.assertEqual(receiver.requests[0][1], receiver.requests[1][1])
+        self.assertEqual(
+            self.verified(receiver, 1)["events"],
+            [{"name": "member_removed", "channel": "presence-room", "user_id": "u7"}],
+        )
+        await eventually(lambda: self._llen(processing, 0))
