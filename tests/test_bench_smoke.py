@@ -78,8 +78,9 @@ class BenchSmokeTests(SynchronousTestCase):
     def setUp(self) -> None:
         """
         Skip (or fail in CI) without Node and the tool's dependencies, then
-        start C{twistd -n sockudo} on a free loopback port with the default
-        app (app-id / app-key / app-secret).
+        start C{twistd -n sockudo} on a free loopback port with the tool's
+        config (C{bench/sockudo-bench.json}: app-id / app-key / app-secret,
+        no rate limiting, which would refuse a load test by design).
         """
         missing = _missing()
         if missing:
@@ -92,6 +93,8 @@ class BenchSmokeTests(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, self.workdir, True)
         self.server_log = self.workdir / "server.log"
         env = dict(os.environ)
+        for name in ("PORT", "HOST"):
+            env.pop(name, None)  # Sockudo's overrides of the listener
         env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         )
@@ -102,6 +105,8 @@ class BenchSmokeTests(SynchronousTestCase):
             "-n",
             "--pidfile=",
             "sockudo",
+            "--config",
+            str(BENCH_DIR / "sockudo-bench.json"),
             "--listen",
             f"tcp:{self.port}:interface=127.0.0.1",
         ]
