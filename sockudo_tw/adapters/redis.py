@@ -1,0 +1,915 @@
+# -*- test-case-name: tests.test_redis_adapter -*-
+"""
+The Redis adapter: many C{twistd sockudo} nodes, one Pusher service.
+
+Design: shared state in Redis with atomic Lua transitions
+========================================================
+
+architecture.md offers two designs: (a) Sockudo's request/response fan-in
+over pub/sub (every query asks every node and waits for N-1 answers or a
+timeout), or (b) shared state in Redis, changed only by Lua scripts that
+decide Pusher's transitions atomically, with node liveness in Redis. We use
+(b), because:
+
+  - A REST query is one Redis read (HGETALL/HGET), never a wait on the
+    slowest or a dead node; (a) waits up to C{requests_timeout} whenever a
+    node is dead or slow, and returns silently partial answers.
+  - "First socket of a user anywhere" and "last socket of a channel
+    anywhere" are read-modify-write decisions. A Lua script is atomic, so
+    exactly one node sees each transition (member_added/member_removed,
+    channel_occupied/channel_vacated): no leader, no replicated registry,
+    no O(N^2) heartbeat replies.
+  - Dead-node cleanup is the same script run for the dead node with an
+    empty target state; the script first checks the node's deadline, so
+    whichever survivor runs it first gets the transitions and every other
+    survivor gets nothing (exactly-once, no lock key needed).
+
+Measured on this machine (2 cores, Redis 7.0.15 on loopback, hiredis):
+see C{bench/cluster_fanout.py} and the README's performance section for the
+3-node fan-out figures; the per-operation costs are in L{CLUSTER_FIGURES}.
+
+Data model (all keys start with the configured prefix C{P}):
+
+  - C{P nodes}: sorted set, node id -> liveness deadline (ms, Redis clock).
+  - C{P n:<node>}: hash of this node's contributions, field -> count:
+    C{s<US>app<US>channel} sockets in a channel, C{p<US>app<US>channel<US>user}
+    presence sockets of a user, C{c<US>app} connections (US = 0x1F).
+  - C{P a:<app>:ch}: channel -> socket count, cluster-wide (occupied
+    channels only).
+  - C{P a:<app>:p:<channel>}: user id -> socket count, cluster-wide.
+  - C{P a:<app>:pi:<channel>}: user id -> user_info JSON (first socket's).
+  - C{P conns}: app id -> connection count, cluster-wide.
+  - Pub/sub channel C{P #bus}: broadcasts and terminations, one PUBLISH per
+    event whatever the number of nodes.
+
+Hot paths:
+
+  - C{broadcast} delivers locally at once and PUBLISHes once; it never
+    waits. The origin ignores its own echo; others deliver to their local
+    subscribers, honouring C{except_socket_id}. Per-publisher order holds
+    (one connection, in order).
+  - C{subscribe}/C{unsubscribe}/C{remove_socket} wait for Redis only when a
+    presence channel is involved (the protocol needs the cluster's member
+    list and member_added/member_removed decision). For other channels the
+    outcome is returned at once and the cluster's occupied/vacated decision
+    is reported to the observer (webhooks) when the script answers.
+
+Node liveness: every C{period} = min(heartbeat_interval, node_timeout/4)
+a node sets its deadline to now + (node_timeout - period) (Redis server
+time, so node clocks may disagree) and lists the nodes past theirs, so a
+node killed with SIGKILL is purged within C{node_timeout} of its death; the
+survivor that purges it broadcasts the missing C{member_removed} frames and
+reports C{member_removed}/C{channel_vacated} to its observer.
+
+When Redis is unreachable (see L{sockudo_tw.adapters._redis_link}): local
+delivery and local clients keep working; cluster publishes are dropped and
+counted; queries answer from this node's state; subscribe/unsubscribe
+decide from local state (so member events and webhooks follow local truth
+and may be duplicated or missed around the outage). When the command
+connection comes back, the node rewrites its whole contribution with one
+script ("sync": the difference between its real local state and what Redis
+holds for it) and publishes the member_added/member_removed frames that the
+other nodes missed. The same sync runs if a heartbeat finds the node was
+purged (a stalled node, a Redis restart that lost the data). Messages
+published while the subscriber connection was down are lost (Pusher is
+at-most-once as well).
+
+Not supported: Redis Cluster (the scripts build key names; one Redis or a
+Sentinel-less primary only), cross-node watchlists (sign-in state is local).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from sockudo_tw.adapters import IAdapter, ILocalSocket
+from sockudo_tw.adapters._redis_link import LuaScript, RedisLink
+from sockudo_tw.adapters.local import LocalAdapter
+from sockudo_tw.hooks import IPusherEvents
+from sockudo_tw.pusher import events
+from sockudo_tw.pusher.presence import PresenceMember
+from sockudo_tw.registry import (
+    SignInOutcome,
+    SocketRemoval,
+    SubscribeOutcome,
+    UnsubscribeOutcome,
+)
+
+__all__ = ["APPLY", "CLUSTER_FIGURES", "HEARTBEAT", "JOIN", "RedisAdapter", "RedisNodeOptions"]
+
+CLUSTER_FIGURES = """
+(filled in from bench/cluster_fanout.py runs; see the README)
+"""
+
+_US = "\x1f"
+_USB = b"\x1f"
+
+_LUA_COMMON = r"""
+local P, node = ARGV[1], ARGV[2]
+local nkey = P .. 'n:' .. node
+local out = {1}
+
+local function split(f)
+  local parts, start = {}, 1
+  for _ = 1, 3 do
+    local s = string.find(f, '\31', start, true)
+    if not s then break end
+    parts[#parts + 1] = string.sub(f, start, s - 1)
+    start = s + 1
+  end
+  parts[#parts + 1] = string.sub(f, start)
+  return parts
+end
+
+-- Add d to this node's count for field f and carry the change into the
+-- cluster-wide count, recording the transition it causes. A node can never
+-- remove more than it added (a leave it never registered is ignored).
+local function apply(f, d, info)
+  if d == 0 then return end
+  local n = redis.call('HINCRBY', nkey, f, d)
+  if n <= 0 then
+    redis.call('HDEL', nkey, f)
+    if n < 0 then d = d - n end
+  end
+  if d == 0 then return end
+  local p = split(f)
+  local kind = p[1]
+  local k, member
+  if kind == 's' then
+    k, member = P .. 'a:' .. p[2] .. ':ch', p[3]
+  elseif kind == 'p' then
+    k, member = P .. 'a:' .. p[2] .. ':p:' .. p[3], p[4]
+  elseif kind == 'c' then
+    k, member = P .. 'conns', p[2]
+  else
+    return
+  end
+  local t = redis.call('HINCRBY', k, member, d)
+  if t <= 0 then redis.call('HDEL', k, member) end
+  local before = t - d
+  if kind == 's' then
+    if before <= 0 and t > 0 then out[#out + 1] = {'o', p[2], p[3]}
+    elseif before > 0 and t <= 0 then out[#out + 1] = {'v', p[2], p[3]} end
+  elseif kind == 'p' then
+    local ik = P .. 'a:' .. p[2] .. ':pi:' .. p[3]
+    if before <= 0 and t > 0 then
+      redis.call('HSET', ik, member, info)
+      out[#out + 1] = {'a', p[2], p[3], member, info}
+    elseif before > 0 and t <= 0 then
+      redis.call('HDEL', ik, member)
+      out[#out + 1] = {'r', p[2], p[3], member}
+    end
+  end
+end
+
+local function current()
+  local flat = redis.call('HGETALL', nkey)
+  local have = {}
+  for i = 1, #flat, 2 do have[flat[i]] = tonumber(flat[i + 1]) end
+  return have
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+APPLY = LuaScript(
+    _LUA_COMMON
+    + r"""
+-- ARGV: prefix, node id, mode, then (field, number, info) triples.
+--   "d": add each number to the node's count for the field (deltas);
+--   "s": make the node's counts exactly these numbers (absent fields: 0);
+--   "p": purge the node if its liveness deadline has passed;
+--   "x": purge the node unconditionally (graceful stop).
+-- Returns {status, transition...}; status 0 means "not purged" (mode p).
+-- A transition is {kind, app, channel[, user[, info]]}: o occupied,
+-- v vacated, a member added, r member removed.
+local mode = ARGV[3]
+if mode == 'd' then
+  for i = 4, #ARGV, 3 do apply(ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]) end
+elseif mode == 's' then
+  local have = current()
+  local want = {}
+  for i = 4, #ARGV, 3 do
+    local f = ARGV[i]
+    want[f] = true
+    apply(f, tonumber(ARGV[i + 1]) - (have[f] or 0), ARGV[i + 2])
+  end
+  for f, n in pairs(have) do
+    if not want[f] then apply(f, -n, '') end
+  end
+elseif mode == 'p' or mode == 'x' then
+  if mode == 'p' then
+    local deadline = redis.call('ZSCORE', P .. 'nodes', node)
+    if not deadline or tonumber(deadline) >= now_ms() then return {0} end
+  end
+  for f, n in pairs(current()) do apply(f, -n, '') end
+  redis.call('DEL', nkey)
+  redis.call('ZREM', P .. 'nodes', node)
+end
+return out
+"""
+)
+
+JOIN = LuaScript(
+    _LUA_COMMON
+    + r"""
+-- A socket joins a presence channel. ARGV: prefix, node id, app, channel,
+-- user id, user_info JSON, max members (0: unlimited).
+-- Returns {1, transitions, members} or {0} when the channel is full; members
+-- is the flat user id, user_info list after the join.
+local app, channel, user, info = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local cap = tonumber(ARGV[7])
+local k = P .. 'a:' .. app .. ':p:' .. channel
+if cap > 0 and tonumber(redis.call('HGET', k, user) or '0') <= 0
+   and redis.call('HLEN', k) >= cap then
+  return {0}
+end
+apply('s' .. '\31' .. app .. '\31' .. channel, 1, '')
+apply('p' .. '\31' .. app .. '\31' .. channel .. '\31' .. user, 1, info)
+return {1, {unpack(out, 2)}, redis.call('HGETALL', P .. 'a:' .. app .. ':pi:' .. channel)}
+"""
+)
+
+HEARTBEAT = LuaScript(
+    r"""
+-- ARGV: prefix, node id, ttl ms. Push this node's liveness deadline to
+-- now + ttl (Redis clock) and list up to 16 nodes past their deadline.
+-- Returns {1 if the node was registered already else 0, {dead node...}}.
+local P, node, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local zk = P .. 'nodes'
+local known = redis.call('ZSCORE', zk, node)
+redis.call('ZADD', zk, string.format('%d', now + ttl), node)
+local dead = redis.call('ZRANGEBYSCORE', zk, '-inf', '(' .. string.format('%d', now),
+                        'LIMIT', 0, 16)
+return {known and 1 or 0, dead}
+"""
+)
+
+
+def _text(value: bytes | str) -> str:
+    """
+    Redis replies are bytes (the link is binary-safe); our names are UTF-8.
+    """
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _s_field(app_id: str, channel: str) -> str:
+    return f"s{_US}{app_id}{_US}{channel}"
+
+
+def _p_field(app_id: str, channel: str, user_id: str) -> str:
+    return f"p{_US}{app_id}{_US}{channel}{_US}{user_id}"
+
+
+def _c_field(app_id: str) -> str:
+    return f"c{_US}{app_id}"
+
+
+@attrs.frozen
+class Transition:
+    """
+    A cluster-wide change decided by a script.
+
+    @ivar kind: C{"o"} occupied, C{"v"} vacated, C{"a"} member added,
+        C{"r"} member removed.
+    """
+
+    kind: str
+    app_id: str
+    channel: str
+    user_id: str | None = None
+    user_info: str | None = None
+
+    @classmethod
+    def parse(cls, raw: Sequence[bytes]) -> Transition:
+        """
+        Read one transition from a script reply.
+        """
+        fields = [_text(x) for x in raw]
+        return cls(
+            fields[0],
+            fields[1],
+            fields[2],
+            fields[3] if len(fields) > 3 else None,
+            fields[4] if len(fields) > 4 else None,
+        )
+
+
+def _transitions(raw: Iterable[Any]) -> list[Transition]:
+    return [Transition.parse(t) for t in raw]
+
+
+@attrs.frozen
+class RedisNodeOptions:
+    """
+    How a node joins the cluster.
+
+    @ivar prefix: key and channel prefix (C{adapter.redis.prefix}).
+    @ivar requests_timeout: seconds a cluster query or decision may take
+        before the node answers from local state.
+    @ivar heartbeat_interval: seconds between liveness refreshes.
+    @ivar node_timeout: seconds after which a silent node is purged.
+    """
+
+    prefix: str = "sockudo_adapter:"
+    requests_timeout: float = 5.0
+    heartbeat_interval: float = 10.0
+    node_timeout: float = 30.0
+    password: str | None = None
+    username: str | None = None
+    db: int | None = None
+    ping_interval: float = 10.0
+    ping_timeout: float = 5.0
+
+    @property
+    def period(self) -> float:
+        """
+        Seconds between heartbeats (also the dead-node check).
+        """
+        return min(self.heartbeat_interval, self.node_timeout / 4)
+
+    @property
+    def ttl_ms(self) -> int:
+        """
+        How long a heartbeat keeps a node alive: short enough that a dead
+        node is purged within C{node_timeout} of its death.
+        """
+        return max(1, int((self.node_timeout - self.period) * 1000))
+
+
+@implementer(IAdapter)
+class RedisAdapter(Service):
+    """
+    L{IAdapter} for a cluster: a L{LocalAdapter} for this node's sockets,
+    plus shared state and a pub/sub bus in Redis.
+
+    @ivar node_id: this process's random id in the cluster.
+    @ivar local_answers: queries answered from local state (Redis down or
+        too slow).
+    @ivar purged_nodes: dead nodes this node cleaned up.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        endpoint: IStreamClientEndpoint,
+        options: RedisNodeOptions | None = None,
+        local: LocalAdapter | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        self.clock = clock
+        self.options = options if options is not None else RedisNodeOptions()
+        self.local = local if local is not None else LocalAdapter()
+        self.node_id = node_id if node_id is not None else uuid.uuid4().hex
+        self._node_b = self.node_id.encode()
+        self._prefix = self.options.prefix
+        self.link = RedisLink(
+            clock,
+            endpoint,
+            (self._prefix + "#bus").encode(),
+            self._on_message,
+            scripts=(APPLY, JOIN, HEARTBEAT),
+            password=self.options.password,
+            username=self.options.username,
+            db=self.options.db,
+            ping_interval=self.options.ping_interval,
+            ping_timeout=self.options.ping_timeout,
+        )
+        self.link.observe_command_ready(self._command_ready)
+        # This node's contribution, the truth a sync writes back to Redis.
+        self._counts: dict[str, int] = {}
+        self._infos: dict[str, str] = {}
+        self._socket_members: dict[str, dict[str, str]] = {}
+        self._need_sync = False
+        self.local_answers = 0
+        self.purged_nodes = 0
+        self._beat = LoopingCall(self._heartbeat)
+        self._beat.clock = clock
+
+    # -- observer (shared with the local adapter) --------------------------
+
+    @property
+    def observer(self) -> IPusherEvents:
+        """
+        Told about deliveries and about cluster transitions that have no
+        caller waiting (non-presence occupancy, dead-node cleanup).
+        """
+        return self.local.observer
+
+    @observer.setter
+    def observer(self, value: IPusherEvents) -> None:
+        self.local.observer = value
+
+    # -- service -----------------------------------------------------------
+
+    def startService(self) -> None:
+        """
+        Connect to Redis and start heartbeating.
+        """
+        super().startService()  # type: ignore[no-untyped-call]
+        self.link.startService()
+        self._beat.start(self.options.period, now=False)
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Leave the cluster: purge this node's contribution (announcing the
+        members that leave with it), then close the connections.
+        """
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._beat.running:
+            self._beat.stop()
+        return Deferred.fromCoroutine(self._leave())
+
+    async def _leave(self) -> None:
+        if self.link.commands.up:
+            try:
+                reply = await self.link.run_script(
+                    APPLY, [self._prefix, self.node_id, "x"], timeout=2.0
+                )
+                self._announce(_transitions(reply[1:]), to_self=False, report=True)
+            except Exception:
+                self.log.warn("Could not remove this node's state from Redis at shutdown")
+        await self.link.stopService()
+
+    def health(self) -> Deferred[bool]:
+        """
+        C{/up}: True when the command connection answers PING.
+        """
+        if not self.link.commands.up:
+            return succeed(False)
+        d = self.link.command("PING", timeout=self.options.requests_timeout)
+        return d.addCallbacks(lambda _: True, lambda _: False)
+
+    # -- contribution bookkeeping ------------------------------------------
+
+    def _bump(self, field: str, delta: int, info: str | None = None) -> None:
+        n = self._counts.get(field, 0) + delta
+        if n > 0:
+            self._counts[field] = n
+            if info is not None:
+                self._infos.setdefault(field, info)
+        else:
+            self._counts.pop(field, None)
+            self._infos.pop(field, None)
+
+    def _deltas(self, entries: Sequence[tuple[str, int, str]]) -> Deferred[list[Transition]] | None:
+        """
+        Send deltas (already applied to the contribution). None if Redis is
+        down: the next sync writes them. Failures mark a sync as needed and
+        fire with None.
+        """
+        if not self.link.commands.up:
+            self._need_sync = True
+            return None
+        args: list[str | int] = [self._prefix, self.node_id, "d"]
+        for field, delta, info in entries:
+            args += [field, delta, info]
+        d = self.link.run_script(APPLY, args, timeout=self.options.requests_timeout)
+        d.addCallback(lambda reply: _transitions(reply[1:]))
+        d.addErrback(self._script_failed)
+        return d
+
+    def _script_failed(self, failure: Failure) -> None:
+        self._need_sync = True
+        self.log.debug("Cluster update failed: {why}", why=failure.getErrorMessage())
+        return None
+
+    def _report(self, transitions: list[Transition] | None) -> None:
+        """
+        Tell the observer about occupancy decided for a caller that did not
+        wait.
+        """
+        for t in transitions or ():
+            if t.kind == "o":
+                self.observer.channel_occupied(t.app_id, t.channel)
+            elif t.kind == "v":
+                self.observer.channel_vacated(t.app_id, t.channel)
+
+    # -- IAdapter: delivery ------------------------------------------------
+
+    def broadcast(
+        self, app_id: str, channel: str, frame: bytes, except_socket_id: str | None
+    ) -> None:
+        self.local.broadcast(app_id, channel, frame, except_socket_id)
+        self._publish_broadcast(app_id, channel, frame, except_socket_id)
+
+    def _publish_broadcast(
+        self, app_id: str, channel: str, frame: bytes, except_socket_id: str | None
+    ) -> None:
+        self.link.publish(
+            _USB.join(
+                [
+                    b"B" + self._node_b,
+                    app_id.encode(),
+                    channel.encode(),
+                    (except_socket_id or "").encode(),
+                    frame,
+                ]
+            )
+        )
+
+    def terminate_user_connections(self, app_id: str, user_id: str) -> None:
+        self.local.terminate_user_connections(app_id, user_id)
+        self.link.publish(_USB.join([b"T" + self._node_b, app_id.encode(), user_id.encode()]))
+
+    def _on_message(self, payload: bytes) -> None:
+        """
+        A bus message from some node; our own echo is ignored.
+        """
+        kind = payload[:1]
+        if kind == b"B":
+            origin, app, channel, except_id, frame = payload[1:].split(_USB, 4)
+            if origin != self._node_b:
+                self.local.broadcast(
+                    app.decode(), channel.decode(), frame, except_id.decode() or None
+                )
+        elif kind == b"T":
+            origin, app, user = payload[1:].split(_USB, 2)
+            if origin != self._node_b:
+                self.local.terminate_user_connections(app.decode(), user.decode())
+        else:
+            self.log.warn("Unknown cluster message {head!r}", head=payload[:40])
+
+    # -- IAdapter: queries -------------------------------------------------
+
+    def _query(self, fallback: Deferred[Any], *command: str) -> Deferred[Any]:
+        """
+        Run a read; on any failure answer C{fallback} (local state).
+        """
+        if not self.link.commands.up:
+            self.local_answers += 1
+            return fallback
+        d = self.link.command(*command, timeout=self.options.requests_timeout)
+
+        def local_instead(f: Failure) -> Deferred[Any]:
+            self.local_answers += 1
+            return fallback
+
+        d.addErrback(local_instead)
+        return d
+
+    def channels(self, app_id: str) -> Deferred[dict[str, int]]:
+        d = self._query(
+            self.local.channels(app_id).addCallback(lambda v: ("local", v)),
+            "HGETALL",
+            f"{self._prefix}a:{app_id}:ch",
+        )
+        return d.addCallback(_pairs_to_counts)
+
+    def channel_subscription_count(self, app_id: str, channel: str) -> Deferred[int]:
+        d = self._query(
+            self.local.channel_subscription_count(app_id, channel).addCallback(
+                lambda v: ("local", v)
+            ),
+            "HGET",
+            f"{self._prefix}a:{app_id}:ch",
+            channel,
+        )
+        return d.addCallback(_to_int)
+
+    def presence_members(self, app_id: str, channel: str) -> Deferred[dict[str, Any]]:
+        d = self._query(
+            self.local.presence_members(app_id, channel).addCallback(lambda v: ("local", v)),
+            "HGETALL",
+            f"{self._prefix}a:{app_id}:pi:{channel}",
+        )
+        return d.addCallback(_pairs_to_members)
+
+    def app_connection_count(self, app_id: str) -> Deferred[int]:
+        d = self._query(
+            self.local.app_connection_count(app_id).addCallback(lambda v: ("local", v)),
+            "HGET",
+            f"{self._prefix}conns",
+            app_id,
+        )
+        return d.addCallback(_to_int)
+
+    # -- IAdapter: membership ----------------------------------------------
+
+    def add_socket(self, app_id: str, socket: ILocalSocket) -> None:
+        self.local.add_socket(app_id, socket)
+        field = _c_field(app_id)
+        self._bump(field, 1)
+        self._deltas([(field, 1, "")])
+
+    def has_socket(self, socket_id: str) -> bool:
+        return self.local.has_socket(socket_id)
+
+    def sign_in(
+        self, app_id: str, socket_id: str, user_id: str, watchlist: tuple[str, ...]
+    ) -> Deferred[SignInOutcome[ILocalSocket]]:
+        return self.local.sign_in(app_id, socket_id, user_id, watchlist)
+
+    def subscribe(
+        self,
+        app_id: str,
+        channel: str,
+        socket_id: str,
+        member: PresenceMember | None,
+        max_members: int,
+    ) -> Deferred[SubscribeOutcome]:
+        registry = self.local.registry
+        already = channel in registry.socket_channels(socket_id)
+        outcome = registry.subscribe(app_id, channel, socket_id, member, max_members)
+        if already or not outcome.accepted:
+            return succeed(outcome)
+        s_field = _s_field(app_id, channel)
+        self._bump(s_field, 1)
+        if member is None:
+            d = self._deltas([(s_field, 1, "")])
+            if d is None:
+                return succeed(outcome)
+            d.addCallback(self._report)
+            return succeed(attrs.evolve(outcome, occupied=False))
+        info = json.dumps(member.user_info, ensure_ascii=False, separators=(",", ":"))
+        p_field = _p_field(app_id, channel, member.user_id)
+        self._bump(p_field, 1, info)
+        self._socket_members.setdefault(socket_id, {})[channel] = member.user_id
+        if not self.link.commands.up:
+            self._need_sync = True
+            return succeed(outcome)
+        j = self.link.run_script(
+            JOIN,
+            [self._prefix, self.node_id, app_id, channel, member.user_id, info, max_members],
+            timeout=self.options.requests_timeout,
+        )
+
+        def joined(reply: list[Any]) -> SubscribeOutcome:
+            if int(reply[0]) == 0:
+                return self._refuse(app_id, channel, socket_id, member.user_id)
+            transitions = _transitions(reply[1])
+            return attrs.evolve(
+                outcome,
+                occupied=any(t.kind == "o" for t in transitions),
+                member_added=any(t.kind == "a" for t in transitions),
+                members=_pairs_to_members(reply[2]),
+            )
+
+        def local_decision(f: Failure) -> SubscribeOutcome:
+            self._script_failed(f)
+            return outcome
+
+        return j.addCallbacks(joined, local_decision)
+
+    def _refuse(self, app_id: str, channel: str, socket_id: str, user_id: str) -> SubscribeOutcome:
+        """
+        The cluster says the presence channel is full: undo the local join.
+        """
+        left = self.local.registry.unsubscribe(app_id, channel, socket_id)
+        self._bump(_s_field(app_id, channel), -1)
+        self._bump(_p_field(app_id, channel, user_id), -1)
+        self._socket_members.get(socket_id, {}).pop(channel, None)
+        return SubscribeOutcome(accepted=False, count=left.count)
+
+    def unsubscribe(
+        self, app_id: str, channel: str, socket_id: str
+    ) -> Deferred[UnsubscribeOutcome]:
+        outcome = self.local.registry.unsubscribe(app_id, channel, socket_id)
+        if not outcome.removed:
+            return succeed(outcome)
+        entries = self._leave_entries(app_id, socket_id, [channel])
+        d = self._deltas(entries)
+        if d is None:
+            return succeed(outcome)
+        if not any(e[0].startswith("p") for e in entries):
+            d.addCallback(self._report)
+            return succeed(attrs.evolve(outcome, vacated=False))
+
+        def decided(transitions: list[Transition] | None) -> UnsubscribeOutcome:
+            if transitions is None:
+                return outcome
+            return _cluster_unsubscribe(outcome, app_id, transitions)
+
+        return d.addCallback(decided)
+
+    def _leave_entries(
+        self, app_id: str, socket_id: str, channels: Iterable[str]
+    ) -> list[tuple[str, int, str]]:
+        """
+        The deltas for a socket leaving C{channels}, applied to the
+        contribution.
+        """
+        members = self._socket_members.get(socket_id, {})
+        entries: list[tuple[str, int, str]] = []
+        for channel in channels:
+            field = _s_field(app_id, channel)
+            self._bump(field, -1)
+            entries.append((field, -1, ""))
+            user_id = members.pop(channel, None)
+            if user_id is not None:
+                pfield = _p_field(app_id, channel, user_id)
+                self._bump(pfield, -1)
+                entries.append((pfield, -1, ""))
+        if not members:
+            self._socket_members.pop(socket_id, None)
+        return entries
+
+    def remove_socket(self, app_id: str, socket_id: str) -> Deferred[SocketRemoval[ILocalSocket]]:
+        known = self.local.has_socket(socket_id)
+        removal: SocketRemoval[ILocalSocket] = _now(self.local.remove_socket(app_id, socket_id))
+        if not known:
+            return succeed(removal)
+        left = [o.channel for o in removal.unsubscribed if o.removed]
+        entries = self._leave_entries(app_id, socket_id, left)
+        self._socket_members.pop(socket_id, None)
+        field = _c_field(app_id)
+        self._bump(field, -1)
+        entries.append((field, -1, ""))
+        d = self._deltas(entries)
+        if d is None:
+            return succeed(removal)
+        if not any(e[0].startswith("p") for e in entries):
+            d.addCallback(self._report)
+            return succeed(
+                attrs.evolve(
+                    removal,
+                    unsubscribed=tuple(
+                        attrs.evolve(o, vacated=False) for o in removal.unsubscribed
+                    ),
+                )
+            )
+
+        def decided(transitions: list[Transition] | None) -> SocketRemoval[ILocalSocket]:
+            if transitions is None:
+                return removal
+            return attrs.evolve(
+                removal,
+                unsubscribed=tuple(
+                    _cluster_unsubscribe(o, app_id, transitions) for o in removal.unsubscribed
+                ),
+            )
+
+        return d.addCallback(decided)
+
+    # -- liveness, sync and dead nodes -------------------------------------
+
+    def _command_ready(self) -> None:
+        """
+        The command connection is (again) usable: register and rewrite this
+        node's contribution before anything else goes out on it.
+        """
+        self._heartbeat(force_sync=True)
+
+    def _heartbeat(self, force_sync: bool = False) -> None:
+        """
+        Refresh this node's deadline, resync if needed, purge dead nodes.
+        """
+        if not self.link.commands.up:
+            return
+        d = self.link.run_script(
+            HEARTBEAT,
+            [self._prefix, self.node_id, self.options.ttl_ms],
+            timeout=self.options.requests_timeout,
+        )
+        if force_sync or self._need_sync:
+            self._sync()
+
+        def beat(reply: list[Any]) -> None:
+            known, dead = int(reply[0]), [_text(n) for n in reply[1]]
+            if not known and not force_sync:
+                self.log.warn("This node had been declared dead; re-registering its state")
+                self._sync()
+            for node in dead:
+                if node != self.node_id:
+                    self._purge(node)
+
+        d.addCallbacks(beat, self._script_failed)
+
+    def _sync(self) -> None:
+        """
+        Make Redis hold exactly this node's contribution, and tell the other
+        nodes about member changes they missed.
+        """
+        self._need_sync = False
+        args: list[str | int] = [self._prefix, self.node_id, "s"]
+        for field, count in self._counts.items():
+            args += [field, count, self._infos.get(field, "")]
+        d = self.link.run_script(APPLY, args, timeout=self.options.requests_timeout)
+
+        def synced(reply: list[Any]) -> None:
+            transitions = _transitions(reply[1:])
+            if transitions:
+                self.log.info(
+                    "Resynced this node's state with Redis ({n} cluster changes)",
+                    n=len(transitions),
+                )
+            self._announce(transitions, to_self=False, report=False)
+
+        d.addCallbacks(synced, self._script_failed)
+
+    def _purge(self, node: str) -> None:
+        """
+        Clean up a node past its deadline (a no-op if another survivor
+        already did).
+        """
+        d = self.link.run_script(
+            APPLY, [self._prefix, node, "p"], timeout=self.options.requests_timeout
+        )
+
+        def purged(reply: list[Any]) -> None:
+            if int(reply[0]) == 0:
+                return
+            self.purged_nodes += 1
+            transitions = _transitions(reply[1:])
+            self.log.warn(
+                "Cluster node {node} stopped heartbeating; removed its state ({n} cluster changes)",
+                node=node,
+                n=len(transitions),
+            )
+            self._announce(transitions, to_self=True, report=True)
+
+        d.addCallbacks(purged, self._script_failed)
+
+    def _announce(self, transitions: list[Transition], to_self: bool, report: bool) -> None:
+        """
+        Broadcast the member frames of script-decided transitions (to the
+        other nodes only, or to every node), and report them to the
+        observer when nobody else will.
+        """
+        for t in transitions:
+            frame: bytes | None = None
+            if t.kind == "a" and t.user_id is not None:
+                frame = events.member_added(t.channel, t.user_id, json.loads(t.user_info or "{}"))
+            elif t.kind == "r" and t.user_id is not None:
+                frame = events.member_removed(t.channel, t.user_id)
+            if frame is not None:
+                if to_self:
+                    self.local.broadcast(t.app_id, t.channel, frame, None)
+                self._publish_broadcast(t.app_id, t.channel, frame, None)
+            if report:
+                if t.kind == "r" and t.user_id is not None:
+                    self.observer.member_removed(t.app_id, t.channel, t.user_id)
+                elif t.kind == "v":
+                    self.observer.channel_vacated(t.app_id, t.channel)
+
+
+def _now(d: Deferred[Any]) -> Any:
+    """
+    The result of an already-fired Deferred (the local adapter's).
+    """
+    box: list[Any] = []
+    d.addBoth(box.append)
+    result = box[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
+
+
+def _cluster_unsubscribe(
+    outcome: UnsubscribeOutcome, app_id: str, transitions: list[Transition]
+) -> UnsubscribeOutcome:
+    """
+    Replace the local decisions in C{outcome} with the cluster's.
+    """
+    if not outcome.removed:
+        return outcome
+    vacated = False
+    removed: str | None = None
+    for t in transitions:
+        if t.app_id == app_id and t.channel == outcome.channel:
+            if t.kind == "v":
+                vacated = True
+            elif t.kind == "r":
+                removed = t.user_id
+    return attrs.evolve(outcome, vacated=vacated, member_removed=removed)
+
+
+def _pairs(flat: Sequence[Any]) -> Iterable[tuple[Any, Any]]:
+    return zip(flat[::2], flat[1::2], strict=True)
+
+
+def _pairs_to_counts(reply: Any) -> dict[str, int]:
+    if isinstance(reply, tuple):
+        return dict(reply[1])
+    return {_text(k): int(v) for k, v in _pairs(reply)}
+
+
+def _pairs_to_members(reply: Any) -> dict[str, Any]:
+    if isinstance(reply, tuple):
+        return dict(reply[1])
+    return {_text(k): json.loads(v) for k, v in _pairs(reply)}
+
+
+def _to_int(reply: Any) -> int:
+    if isinstance(reply, tuple):
+        return int(reply[1])
+    return int(reply) if reply is not None else 0
