@@ -142,13 +142,17 @@ def app_config(**overrides: Any) -> dict[str, Any]:
     return app
 
 
-def server_config(port: int, apps: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def server_config(
+    port: int, apps: Iterable[Mapping[str, Any]], overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """
     A complete Sockudo-format config for one local, memory-only node on
     127.0.0.1:C{port}, with everything that would bind another port or need
     another service turned off.
+
+    @param overrides: top-level keys replacing the defaults.
     """
-    return {
+    config: dict[str, Any] = {
         "debug": False,
         "host": "127.0.0.1",
         "port": port,
@@ -159,6 +163,23 @@ def server_config(port: int, apps: Iterable[Mapping[str, Any]]) -> dict[str, Any
         "rate_limiter": {"enabled": False},
         "metrics": {"enabled": False},
     }
+    config.update(overrides or {})
+    return config
+
+
+def server_environment() -> dict[str, str]:
+    """
+    The daemon's environment: only what Python needs to run, so that none
+    of the many Sockudo variables (C{PORT}, C{HOST}, C{REDIS_URL}, ...) that
+    may be set on a developer's machine or in CI overrides the test config.
+    """
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
+    env = {name: os.environ[name] for name in keep if name in os.environ}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 class _OutputCollector(protocol.ProcessProtocol):
@@ -261,9 +282,15 @@ class ServerProcess:
     _transport: Any
 
     @classmethod
-    async def start(cls, case: TestCase, apps: Iterable[Mapping[str, Any]]) -> ServerProcess:
+    async def start(
+        cls,
+        case: TestCase,
+        apps: Iterable[Mapping[str, Any]],
+        config: Mapping[str, Any] | None = None,
+    ) -> ServerProcess:
         """
-        Write a config, start the daemon, wait until C{GET /up} answers, and
+        Write a config (top-level keys of C{config} replacing the defaults of
+        L{server_config}), start the daemon, wait until C{GET /up} answers, and
         register its shutdown as a cleanup of C{case}.
 
         @raise AssertionError: (through C{case.fail}) when it does not come
@@ -275,12 +302,8 @@ class ServerProcess:
         workdir = Path(tempfile.mkdtemp(prefix="sockudo-interop-"))
         case.addCleanup(shutil.rmtree, workdir, True)
         config_path = workdir / "config.json"
-        config_path.write_text(json.dumps(server_config(port, apps), indent=2))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        )
-        env["PYTHONUNBUFFERED"] = "1"
+        config_path.write_text(json.dumps(server_config(port, apps, config), indent=2))
+        env = server_environment()
         argv = [
             sys.executable,
             "-c",
@@ -581,7 +604,7 @@ class NodeDriver:
         await _stop_process(self._collector, self._transport, grace=3.0)
 
 
-def match(kind: str, client: str, **fields: Any) -> Callable[[dict[str, Any]], bool]:
+def match(kind: str, client: str, /, **fields: Any) -> Callable[[dict[str, Any]], bool]:
     """
     A predicate on driver observations: type C{kind}, from client C{client},
     and every given field equal.
@@ -623,14 +646,18 @@ class Interop:
         cls,
         case: TestCase,
         apps: Iterable[Mapping[str, Any]] | None = None,
+        config: Mapping[str, Any] | None = None,
         node_sdk: bool = True,
     ) -> Interop:
         """
-        Start the server (with L{app_config} unless C{apps} is given) and
-        the node driver, and initialise the Node SDK against the server.
+        Start the server (with L{app_config} unless C{apps} is given, and the
+        top-level C{config} overrides) and the node driver, and initialise
+        the Node SDK against the server.
         """
         require_node(case)
-        server = await ServerProcess.start(case, apps if apps is not None else [app_config()])
+        server = await ServerProcess.start(
+            case, apps if apps is not None else [app_config()], config
+        )
         node = await NodeDriver.start(case, server.log_tail)
         fixture = cls(case, server, node)
         if node_sdk:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from tests.interop_harness import APP_KEY, Interop, match
+from tests.interop_harness import APP_KEY, Interop, app_config, match
 
 SOCKET_ID = re.compile(r"^\d+\.\d+$")
 
@@ -64,22 +65,90 @@ class PusherJsConnectionTests(TestCase):
         """
         fx = await Interop.start(self)
         await fx.connect("bad", key="no-such-key", wait=False)
-        error = await fx.node.wait_for(
-            lambda o: (
-                o["type"] == "conn_error" and o["client"] == "bad" and "4001" in json.dumps(o)
-            ),
-            "an error with code 4001 for an unknown app key",
-        )
-        self.assertIn("4001", json.dumps(error))
-        await fx.node.wait_for(
-            match("state", "bad", current="disconnected"), "the refused client to end disconnected"
-        )
-        await fx.settle(2.0)
+        await _assert_refused(self, fx, "bad", 4001)
         self.assertEqual(fx.node.matching(match("connected", "bad")), [])
-        connecting = fx.node.matching(match("state", "bad", current="connecting"))
-        self.assertEqual(
-            len(connecting), 1, "pusher-js reconnected after 4001:\n" + fx.node.report()
+
+    async def test_disabled_app_and_over_quota_are_refused(self) -> None:
+        """
+        A disabled app's key gets 4003 and a connection over the app's
+        C{max_connections} gets 4004, both final for pusher-js; the
+        connection within the quota stays up.
+        """
+        fx = await Interop.start(
+            self,
+            apps=[
+                app_config(max_connections=1),
+                app_config(id="222222", key="disabled-key", secret="s2", enabled=False),
+            ],
         )
+        await fx.connect("first")
+        await fx.connect("second", wait=False)
+        await _assert_refused(self, fx, "second", 4004)
+        await fx.connect("off", key="disabled-key", wait=False)
+        await _assert_refused(self, fx, "off", 4003)
+        for client in ("second", "off"):
+            self.assertEqual(fx.node.matching(match("connected", client)), [])
+        self.assertEqual(fx.node.matching(match("state", "first", previous="connected")), [])
+
+    async def test_server_shutdown_asks_clients_to_reconnect(self) -> None:
+        """
+        Stopping the daemon (SIGTERM) closes client connections with 4200,
+        which makes pusher-js reconnect at once (to another node, in a
+        cluster) instead of waiting or giving up.
+        """
+        fx = await Interop.start(self)
+        await fx.connect("a")
+        await fx.server.stop()
+        error = await fx.node.wait_for(
+            lambda o: o["type"] == "conn_error" and o["client"] == "a",
+            "an error (close code) when the server shuts down",
+        )
+        self.assertEqual(_error_code(error), 4200, fx.node.report())
+        await fx.node.wait_for(
+            match("state", "a", previous="connected", current="connecting"),
+            "pusher-js to start reconnecting",
+        )
+
+
+def _error_code(observation: dict[str, Any]) -> int | None:
+    """
+    The Pusher error code in a driver C{conn_error} observation: pusher-js
+    reports C{{type: "PusherError", data: {code}}} for a C{pusher:error}
+    frame or close, wrapped in C{{type: "WebSocketError", error: ...}}
+    during the handshake.
+    """
+    error = observation["error"]
+    for _ in range(3):
+        if not isinstance(error, dict):
+            return None
+        data = error.get("data")
+        if isinstance(data, dict) and isinstance(data.get("code"), int):
+            code: int = data["code"]
+            return code
+        error = error.get("error")
+    return None
+
+
+async def _assert_refused(case: TestCase, fx: Interop, client: str, code: int) -> None:
+    """
+    Assert that C{client} was refused with C{code}, ended disconnected, and
+    did not try again within 2 s (pusher-js retries a "backoff" after 1 s).
+    """
+    error = await fx.node.wait_for(
+        lambda o: o["type"] == "conn_error" and o["client"] == client,
+        f"an error for {client!r} (expected code {code})",
+    )
+    case.assertEqual(_error_code(error), code, fx.node.report())
+    await fx.node.wait_for(
+        match("state", client, current="disconnected"), f"the refused {client!r} to disconnect"
+    )
+    states_before = len(fx.node.matching(match("state", client)))
+    await fx.settle(2.0)
+    case.assertEqual(
+        len(fx.node.matching(match("state", client))),
+        states_before,
+        f"pusher-js tried again after {code}:\n" + fx.node.report(),
+    )
 
 
 class PusherJsChannelTests(TestCase):
@@ -257,6 +326,55 @@ class PusherJsChannelTests(TestCase):
             fx.node.matching(match("event", "b", channel=channel, event="pusher:cache_miss")), []
         )
 
+    async def test_subscription_count(self) -> None:
+        """
+        With C{enable_subscription_count}, subscribers of a public channel
+        get C{pusher:subscription_count} as the count changes.
+        """
+        fx = await Interop.start(self)
+        await fx.connect("a")
+        await fx.connect("b")
+        await fx.subscribe("a", "counted")
+        first = await fx.event("a", "counted", "pusher:subscription_count")
+        self.assertEqual(first["data"], {"subscription_count": 1})
+        await fx.subscribe("b", "counted")
+        await fx.node.wait_for(
+            match(
+                "event",
+                "a",
+                channel="counted",
+                event="pusher:subscription_count",
+                data={"subscription_count": 2},
+            ),
+            "a to see the count go to 2",
+        )
+
+    async def test_apps_are_isolated(self) -> None:
+        """
+        Two apps with the same channel name: an event published for one app
+        reaches only that app's subscribers, and each app lists only its own
+        channels.
+        """
+        other = app_config(id="654321", key="other-key", secret="other-secret")
+        fx = await Interop.start(self, apps=[app_config(), other])
+        await fx.node.init_sdk(
+            fx.sdk_options(app_id="654321", key="other-key", secret="other-secret"), name="other"
+        )
+        await fx.connect("mine")
+        await fx.connect("theirs", key="other-key")
+        await fx.subscribe("mine", "shared-name")
+        await fx.subscribe("theirs", "shared-name")
+        await fx.subscribe("theirs", "only-theirs")
+        await fx.node.call_sdk("trigger", "shared-name", "for-mine", {})
+        await fx.event("mine", "shared-name", "for-mine")
+        await fx.node.call_sdk("trigger", "shared-name", "for-theirs", {}, sdk="other")
+        await fx.event("theirs", "shared-name", "for-theirs")
+        await fx.settle()
+        self.assertEqual(fx.node.matching(match("event", "theirs", event="for-mine")), [])
+        self.assertEqual(fx.node.matching(match("event", "mine", event="for-theirs")), [])
+        listed = await fx.node.call_sdk("get", {"path": "/channels"})
+        self.assertEqual(listed["body"], {"channels": {"shared-name": {}}})
+
 
 class PusherJsClientEventTests(TestCase):
     """
@@ -334,6 +452,32 @@ class PusherJsClientEventTests(TestCase):
         )
         self.assertEqual(fx.node.matching(match("state", "a", previous="connected")), [])
 
+    async def test_client_event_rate_limit_4301(self) -> None:
+        """
+        Over C{max_client_events_per_second} the sender gets C{pusher:error}
+        4301 and stays connected; the excess is not relayed.
+        """
+        fx = await Interop.start(self, apps=[app_config(max_client_events_per_second=2)])
+        channel = "private-limited"
+        await fx.connect("a")
+        await fx.connect("b")
+        await fx.subscribe("a", channel)
+        await fx.subscribe("b", channel)
+        for i in range(6):
+            fx.node.send(
+                op="client_event", client="a", channel=channel, event="client-burst", data={"i": i}
+            )
+        error = await fx.node.wait_for(
+            lambda o: o["type"] == "conn_error" and o["client"] == "a",
+            "pusher:error 4301 for the burst",
+        )
+        self.assertEqual(_error_code(error), 4301, fx.node.report())
+        await fx.settle(0.5)
+        relayed = fx.node.matching(match("event", "b", channel=channel, event="client-burst"))
+        self.assertGreaterEqual(len(relayed), 1)
+        self.assertLess(len(relayed), 6, fx.node.report())
+        self.assertEqual(fx.node.matching(match("state", "a", previous="connected")), [])
+
 
 class PusherJsUserTests(TestCase):
     """
@@ -402,3 +546,90 @@ class PusherJsUserTests(TestCase):
         )
         await fx.settle()
         self.assertEqual(fx.node.matching(match("message", "a", event="pusher:signin_success")), [])
+
+    async def test_watchlist_online_and_offline(self) -> None:
+        """
+        A signed-in user watching another user learns through pusher-js's
+        C{user.watchlist} when that user comes online (signs in) and goes
+        offline (its last connection closes).
+        """
+        fx = await Interop.start(self)
+        await fx.connect("watcher", user={"id": "w-a", "watchlist": ["w-b"]})
+        fx.node.send(op="signin", client="watcher")
+        await fx.node.wait_for(
+            match("message", "watcher", event="pusher:signin_success"), "watcher signed in"
+        )
+        await fx.connect("watched", user={"id": "w-b"})
+        fx.node.send(op="signin", client="watched")
+        online = await fx.node.wait_for(
+            lambda o: (
+                o["type"] == "watchlist_event"
+                and o["client"] == "watcher"
+                and o["event"] == "online"
+                and "w-b" in o["data"]["user_ids"]
+            ),
+            "an online watchlist event for w-b",
+        )
+        self.assertEqual(online["data"]["name"], "online")
+        fx.node.send(op="disconnect", client="watched")
+        await fx.node.wait_for(
+            lambda o: (
+                o["type"] == "watchlist_event"
+                and o["client"] == "watcher"
+                and o["event"] == "offline"
+                and "w-b" in o["data"]["user_ids"]
+            ),
+            "an offline watchlist event for w-b",
+        )
+
+    async def test_presence_member_from_sign_in_without_channel_data(self) -> None:
+        """
+        pusher-js >= 7.4: when the channel authorisation has no
+        C{channel_data}, a signed-in client joins a presence channel as its
+        signed-in user (id and C{user_info} from the sign-in).
+        """
+        fx = await Interop.start(self)
+        channel = "presence-signed"
+        await fx.connect("other", presence={"user_id": "p-other", "user_info": {}})
+        await fx.subscribe("other", channel)
+        await fx.connect("signed", user={"id": "p-signed", "user_info": {"name": "Sig"}})
+        fx.node.send(op="signin", client="signed")
+        await fx.node.wait_for(
+            match("message", "signed", event="pusher:signin_success"), "signed in"
+        )
+        await fx.subscribe("signed", channel)
+        members = await fx.node.wait_for(
+            match("members", "signed", channel=channel, after="pusher:subscription_succeeded"),
+            "members of the signed-in client",
+        )
+        self.assertEqual(members["me"], {"id": "p-signed", "info": {"name": "Sig"}})
+        self.assertEqual(members["count"], 2)
+        added = await fx.event("other", channel, "pusher:member_added")
+        self.assertEqual(added["data"], {"id": "p-signed", "info": {"name": "Sig"}})
+
+    async def test_user_authentication_timeout_closes_anonymous_sockets(self) -> None:
+        """
+        With C{enable_user_authentication}, a connection that neither signs
+        in nor joins a private channel within C{user_authentication_timeout}
+        is closed with 4009 (final for pusher-js); the others stay.
+        """
+        fx = await Interop.start(
+            self,
+            apps=[app_config(enable_user_authentication=True)],
+            config={"user_authentication_timeout": 1},
+        )
+        await fx.connect("signed", user={"id": "t-1"})
+        fx.node.send(op="signin", client="signed")
+        await fx.connect("private")
+        await fx.subscribe("private", "private-timeout")
+        await fx.connect("anonymous")
+        await fx.node.wait_for(
+            match("message", "signed", event="pusher:signin_success"), "signed in"
+        )
+        await _assert_refused(self, fx, "anonymous", 4009)
+        for client in ("signed", "private"):
+            self.assertEqual(
+                fx.node.matching(match("state", client, previous="connected")),
+                [],
+                f"{client} was closed too:\n" + fx.node.report(),
+            )
