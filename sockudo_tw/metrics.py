@@ -29,21 +29,25 @@ from __future__ import annotations
 import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import unquote
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.utils import floatToGoString
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.abstract import isIPv6Address
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.web.http import Request as HTTPRequest
-from twisted.web.resource import Resource
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from sockudo_tw.apps import IAppStore
 from sockudo_tw.hooks import IPusherEvents, NoPusherEvents
 from sockudo_tw.pusher.channels import ChannelType, channel_type
 from sockudo_tw.pusher.errors import PusherErrorCode
@@ -54,14 +58,17 @@ __all__ = [
     "DEFAULT_PREFIX",
     "UNKNOWN_APP",
     "AppMetrics",
+    "MeteredResource",
     "MetricsObserver",
     "MetricsResource",
     "PusherMetrics",
     "channel_type_label",
+    "channels_by_type",
     "generate_text",
     "metrics_endpoint",
     "metrics_service",
     "metrics_site",
+    "open_connections",
     "recipient_count_bucket",
 ]
 
@@ -128,6 +135,54 @@ def channel_type_label(kind: ChannelType) -> str:
     if kind.cache:
         return "cache"
     return kind.kind.value
+
+
+class _HasSession(Protocol):
+    """
+    What L{open_connections} reads of a WebSocket protocol.
+    """
+
+    session: Any
+
+
+def open_connections(protocols: Iterable[_HasSession]) -> dict[str, int]:
+    """
+    Count open, accepted WebSocket connections by app id: the source for
+    C{connected}, read from the glue's own set of live protocols, so a
+    missed or failed cleanup cannot make it drift.
+    """
+    counts: dict[str, int] = {}
+    for protocol in protocols:
+        session = protocol.session
+        if session is not None:
+            app_id = session.app.id
+            counts[app_id] = counts.get(app_id, 0) + 1
+    return counts
+
+
+class _ChannelIndex(Protocol):
+    """
+    What L{channels_by_type} reads of the node's registry.
+    """
+
+    def app_ids(self) -> list[str]: ...
+
+    def channel_counts(self, app_id: str) -> dict[str, int]: ...
+
+
+def channels_by_type(registry: _ChannelIndex) -> dict[str, dict[str, int]]:
+    """
+    Count the node's occupied channels per app id and channel type label:
+    the source for C{active_channels}.
+    """
+    result: dict[str, dict[str, int]] = {}
+    for app_id in registry.app_ids():
+        kinds: dict[str, int] = {}
+        for name in registry.channel_counts(app_id):
+            label = channel_type_label(channel_type(name))
+            kinds[label] = kinds.get(label, 0) + 1
+        result[app_id] = kinds
+    return result
 
 
 class _Histogram:
@@ -478,6 +533,28 @@ class PusherMetrics:
         self._webhook_queue_depth = webhook_queue_depth
         self._apps: dict[str, AppMetrics] = {}
         registry.register(self)
+
+    def watch(
+        self,
+        *,
+        connections: Callable[[], Mapping[str, int]] | None = None,
+        active_channels: Callable[[], Mapping[str, Mapping[str, int]]] | None = None,
+        cluster_links: Callable[[], Mapping[str, bool]] | None = None,
+        webhook_queue_depth: Callable[[], int | None] | None = None,
+    ) -> None:
+        """
+        Set scrape-time sources that exist only after the metrics do (the
+        composition root builds the observer before the WebSocket factory
+        whose connections it then counts). L{None} keeps a source as is.
+        """
+        if connections is not None:
+            self._connections = connections
+        if active_channels is not None:
+            self._active_channels = active_channels
+        if cluster_links is not None:
+            self._cluster_links = cluster_links
+        if webhook_queue_depth is not None:
+            self._webhook_queue_depth = webhook_queue_depth
 
     def app(self, app_id: str) -> AppMetrics:
         """
@@ -955,6 +1032,107 @@ class MetricsResource(Resource):
         """
         request.setHeader(b"Content-Type", CONTENT_TYPE.encode("ascii"))  # type: ignore[no-untyped-call]
         return generate_text(self._registry)
+
+
+@implementer(IResource)
+class MeteredResource:
+    """
+    Count every REST call through a wrapped resource: Sockudo's
+    C{http_calls_received_total}, C{http_received_bytes} (request body) and
+    C{http_transmitted_bytes} (response body), plus our
+    C{http_request_duration_ms}.
+
+    The C{app_id} label is the app named by the path (C{/apps/{id}/...},
+    C{/up/{id}}) or by C{auth_key} (C{/users/...}) only if the app store
+    knows it, otherwise L{UNKNOWN_APP}: random ids in URLs cannot grow the
+    series set.
+    """
+
+    isLeaf = True  # noqa: N815 (twisted.web's name)
+    _log = Logger()
+
+    def __init__(
+        self,
+        wrapped: IResource,
+        metrics: PusherMetrics,
+        clock: IReactorTime,
+        app_store: IAppStore,
+    ) -> None:
+        self._wrapped = wrapped
+        self._metrics = metrics
+        self._clock = clock
+        self._app_store = app_store
+
+    def getChildWithDefault(self, name: bytes, request: IRequest) -> IResource:  # noqa: N802
+        """
+        Never consulted (a leaf); the wrapped tree is walked in L{render}.
+        """
+        return self
+
+    def putChild(self, path: bytes, child: IResource) -> None:  # noqa: N802
+        """
+        Children belong to the wrapped resource.
+        """
+        raise NotImplementedError("add children to the wrapped resource")
+
+    def render(self, request: IRequest) -> bytes | int:
+        """
+        Find the wrapped resource for the rest of the path as C{Site} would,
+        render it, and count the call when the response is finished.
+        """
+        started = self._clock.seconds()
+        # The body is whole before rendering starts, and gone after finish.
+        received = _body_size(request)
+        finished: Deferred[None] = request.notifyFinish()  # type: ignore[attr-defined]
+        finished.addBoth(self._finished, request, started, received)
+        resource: IResource = getChildForRequest(self._wrapped, request)  # type: ignore[no-untyped-call]
+        rendered: bytes | int = resource.render(request)  # type: ignore[no-untyped-call]
+        return rendered
+
+    def _finished(self, result: object, request: IRequest, started: float, received: int) -> None:
+        """
+        Record the call once its app is known; a client that went away
+        still counts.
+        """
+        elapsed_ms = (self._clock.seconds() - started) * 1000.0
+        transmitted: int = getattr(request, "sentLength", 0)
+        d = Deferred.fromCoroutine(self._app_id(request))
+
+        def record(app_id: str) -> None:
+            self._metrics.app(app_id).http_call(received, transmitted, elapsed_ms)
+
+        d.addCallback(record)
+        d.addErrback(lambda failure: self._log.failure("Counting an API call failed", failure))
+
+    async def _app_id(self, request: IRequest) -> str:
+        """
+        The app the request is for, if the app store knows it.
+        """
+        parts = bytes(request.path).split(b"/")
+        try:
+            if len(parts) > 2 and parts[1] in (b"apps", b"up") and parts[2]:
+                app = await self._app_store.find_by_id(unquote(parts[2].decode("utf-8")))
+            elif len(parts) > 1 and parts[1] == b"users":
+                keys = (request.args or {}).get(b"auth_key") or [b""]
+                app = await self._app_store.find_by_key(keys[0].decode("utf-8"))
+            else:
+                app = None
+        except UnicodeDecodeError:
+            app = None
+        return UNKNOWN_APP if app is None else app.id
+
+
+def _body_size(request: IRequest) -> int:
+    """
+    The request body's length in bytes.
+    """
+    content = request.content
+    if content is None:
+        return 0
+    position = content.tell()
+    size = content.seek(0, 2)
+    content.seek(position)
+    return int(size)
 
 
 class _QuietSite(Site):

@@ -8,34 +8,43 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import attrs
 from prometheus_client import CollectorRegistry
 from treq.testing import StubTreq
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.server import Site
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
 
+from sockudo_tw.apps import MemoryAppStore
 from sockudo_tw.hooks import IPusherEvents
 from sockudo_tw.metrics import (
     CONNECTION_ERROR_TYPES,
     CONTENT_TYPE,
     UNKNOWN_APP,
     AppMetrics,
+    MeteredResource,
     MetricsObserver,
     MetricsResource,
     PusherMetrics,
     channel_type_label,
+    channels_by_type,
     generate_text,
     metrics_endpoint,
     metrics_service,
     metrics_site,
+    open_connections,
     recipient_count_bucket,
 )
+from sockudo_tw.pusher.app import App
 from sockudo_tw.pusher.channels import channel_type
+from sockudo_tw.registry import Registry
 
 _BASE = frozenset({"app_id", "port"})
 
@@ -678,3 +687,185 @@ class ObserverTests(SynchronousTestCase):
         self.assertEqual(result.value("sockudo_ws_messages_sent_total"), 5)
         self.assertEqual(result.value("sockudo_socket_transmitted_bytes"), 410)
         self.assertEqual(result.value("sockudo_broadcast_fanout_size_sum"), 4)
+
+
+class _Echo(Resource):
+    """
+    A leaf answering with the request body, or later when told to wait.
+    """
+
+    isLeaf = True  # noqa: N815 (twisted.web's name)
+
+    def __init__(self, wait: bool = False) -> None:
+        super().__init__()
+        self.wait = wait
+        self.pending: list[Request] = []
+
+    def render(self, request: Request) -> bytes | int:
+        """
+        Echo the body, or hold the request open.
+        """
+        if self.wait:
+            self.pending.append(request)
+            return NOT_DONE_YET
+        return b"echo:" + request.content.read()
+
+
+class MeteredResourceTests(SynchronousTestCase):
+    """
+    L{MeteredResource} counts REST calls, bytes and time per known app.
+    """
+
+    def setUp(self) -> None:
+        """
+        A wrapped echo resource at C{/apps} and C{/users}, one known app.
+        """
+        self.registry = CollectorRegistry()
+        self.metrics = PusherMetrics(self.registry)
+        self.clock = Clock()
+        self.store = MemoryAppStore([App(id="app-1", key="key-1", secret="s")])
+        self.echo = _Echo()
+        metered = MeteredResource(self.echo, self.metrics, self.clock, self.store)
+        root = Resource()
+        root.putChild(b"apps", metered)
+        root.putChild(b"users", metered)
+        self.treq = StubTreq(root)
+
+    def call(self, method: str, url: str, body: bytes = b"") -> int:
+        """
+        Make one request through the wrapper; return its status.
+        """
+        response = self.successResultOf(self.treq.request(method, url, data=body))
+        self.successResultOf(self.treq.content(response))
+        code: int = response.code
+        return code
+
+    def test_known_app(self) -> None:
+        """
+        A call for a known app counts under its id, with the body bytes
+        received and the response bytes sent.
+        """
+        self.assertEqual(self.call("POST", "http://x/apps/app-1/events", b"0123456789"), 200)
+        result = scrape(self.registry)
+        self.assertEqual(result.value("sockudo_http_calls_received_total", app_id="app-1"), 1)
+        self.assertEqual(result.value("sockudo_http_received_bytes", app_id="app-1"), 10)
+        self.assertEqual(result.value("sockudo_http_transmitted_bytes", app_id="app-1"), 15)
+
+    def test_unknown_app(self) -> None:
+        """
+        Ids the app store does not know count under L{UNKNOWN_APP}.
+        """
+        self.call("GET", "http://x/apps/nope-1/channels")
+        self.call("GET", "http://x/apps/nope-2/channels")
+        result = scrape(self.registry)
+        self.assertEqual(result.value("sockudo_http_calls_received_total", app_id=UNKNOWN_APP), 2)
+        self.assertEqual(
+            {s.labels["app_id"] for s in result.family("sockudo_http_calls_received_total")},
+            {UNKNOWN_APP},
+        )
+
+    def test_auth_key(self) -> None:
+        """
+        The un-prefixed C{/users/...} route counts under the app of its
+        C{auth_key}.
+        """
+        self.call("POST", "http://x/users/u1/terminate_connections?auth_key=key-1")
+        result = scrape(self.registry)
+        self.assertEqual(result.value("sockudo_http_calls_received_total", app_id="app-1"), 1)
+
+    def test_duration(self) -> None:
+        """
+        The time from the request to its finished response is observed.
+        """
+        self.echo.wait = True
+        d = self.treq.get("http://x/apps/app-1/channels")
+        self.clock.advance(0.25)
+        [request] = self.echo.pending
+        request.write(b"late")
+        request.finish()
+        self.treq.flush()
+        self.successResultOf(d)
+        result = scrape(self.registry)
+        self.assertEqual(result.value("sockudo_http_request_duration_ms_sum", app_id="app-1"), 250)
+        self.assertEqual(result.value("sockudo_http_transmitted_bytes", app_id="app-1"), 4)
+
+    def test_walks_wrapped_tree(self) -> None:
+        """
+        A wrapped resource with children is walked as C{Site} would.
+        """
+        tree = Resource()
+        tree.putChild(b"app-1", _Echo())
+        root = Resource()
+        root.putChild(b"apps", MeteredResource(tree, self.metrics, self.clock, self.store))
+        treq = StubTreq(root)
+        response = self.successResultOf(treq.post("http://x/apps/app-1", data=b"hi"))
+        self.assertEqual(self.successResultOf(treq.content(response)), b"echo:hi")
+        self.assertEqual(
+            scrape(self.registry).value("sockudo_http_received_bytes", app_id="app-1"), 2
+        )
+
+
+@attrs.frozen
+class _FakeProtocol:
+    """
+    What L{open_connections} reads of a WebSocket protocol.
+    """
+
+    session: Any
+
+
+class SourceTests(SynchronousTestCase):
+    """
+    The scrape-time sources the composition root wires in.
+    """
+
+    def test_open_connections(self) -> None:
+        """
+        Accepted connections count per app; those without a session (still
+        being accepted, or refused) do not.
+        """
+
+        def session(app_id: str) -> object:
+            return attrs.make_class("S", ["app"])(App(id=app_id, key="k", secret="s"))
+
+        protocols = [
+            _FakeProtocol(session("a")),
+            _FakeProtocol(session("a")),
+            _FakeProtocol(session("b")),
+            _FakeProtocol(None),
+        ]
+        self.assertEqual(open_connections(protocols), {"a": 2, "b": 1})
+
+    def test_channels_by_type(self) -> None:
+        """
+        The node registry's occupied channels count per app and channel
+        type label; vacated channels and emptied apps drop out.
+        """
+        registry: Registry[object] = Registry()
+        for socket_id in ("1.1", "1.2"):
+            registry.add_socket("a", socket_id, object())
+        registry.add_socket("b", "2.1", object())
+        registry.subscribe("a", "news", "1.1")
+        registry.subscribe("a", "news", "1.2")
+        registry.subscribe("a", "private-x", "1.1")
+        registry.subscribe("a", "cache-y", "1.2")
+        registry.subscribe("b", "private-encrypted-z", "2.1")
+        self.assertEqual(
+            channels_by_type(registry),
+            {"a": {"public": 1, "private": 1, "cache": 1}, "b": {"private_encrypted": 1}},
+        )
+        registry.unsubscribe("a", "private-x", "1.1")
+        registry.remove_socket("2.1")
+        self.assertEqual(channels_by_type(registry), {"a": {"public": 1, "cache": 1}})
+
+    def test_watch(self) -> None:
+        """
+        Sources given to C{watch} after construction are read at the next
+        scrape; L{None} leaves a source alone.
+        """
+        registry = CollectorRegistry()
+        metrics = PusherMetrics(registry, webhook_queue_depth=lambda: 3)
+        metrics.watch(connections=lambda: {"a": 9})
+        result = scrape(registry)
+        self.assertEqual(result.value("sockudo_connected", app_id="a"), 9)
+        self.assertEqual(result.value("sockudo_webhook_queue_depth"), 3)
