@@ -168,6 +168,13 @@ class Registry(Generic[S]):
         app = self._apps.get(app_id)
         return len(app.sockets) if app is not None else 0
 
+    def app_ids(self) -> list[str]:
+        """
+        The apps with at least one socket on this node (metrics read their
+        channels at scrape time).
+        """
+        return list(self._apps)
+
     def remove_socket(self, socket_id: str) -> SocketRemoval[S] | None:
         """
         Forget a socket: leave every channel, sign out, drop its watchlist.
