@@ -531,6 +531,7 @@ class PusherFactory(WebSocketServerFactory):
             maxMessagePayloadSize=limit,
             maxFramePayloadSize=limit,
             autoPingInterval=0,
+            failByDrop=False,
             perMessageCompressionAccept=lambda offers: None,
         )
         self._use_reactor_for_timers(reactor)
