@@ -46,6 +46,7 @@ __all__ = [
     "JobHandler",
     "MemoryJobQueue",
     "RedisAddress",
+    "RedisCommands",
     "RedisJobQueue",
     "UnsupportedQueueDriverError",
     "validate_queue_driver",

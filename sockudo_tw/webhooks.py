@@ -38,7 +38,7 @@ import json
 import random
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -50,13 +50,22 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from zope.interface import Interface, implementer
 
 from sockudo_tw.apps import IAppStore
+from sockudo_tw.config import ConfigError, ServerConfig
 from sockudo_tw.hooks import IPusherEvents, NoPusherEvents
 from sockudo_tw.pusher.app import App, WebhookTarget
 from sockudo_tw.pusher.signing import webhook_signature
-from sockudo_tw.queue import IJobQueue
+from sockudo_tw.queue import (
+    IJobQueue,
+    MemoryJobQueue,
+    RedisAddress,
+    RedisCommands,
+    RedisJobQueue,
+    validate_queue_driver,
+)
 
 __all__ = [
     "CACHE_MISS",
@@ -74,11 +83,14 @@ __all__ = [
     "MemoryPendingLeaves",
     "NullWebhookEvents",
     "NullWebhookMetrics",
+    "RedisPendingLeaves",
     "UnsupportedWebhookTargetError",
     "WebhookEvents",
+    "WebhookParts",
     "WebhookSender",
     "WebhookService",
     "WebhookSettings",
+    "build_webhooks",
     "target_wants",
     "validate_webhook_targets",
 ]
@@ -249,40 +261,12 @@ class IWebhookEvents(Interface):
         """
 
 
-@implementer(IWebhookEvents)
-class NullWebhookEvents:
+@implementer(IWebhookEvents, IPusherEvents)
+class NullWebhookEvents(NoPusherEvents):
     """
-    The sink when webhooks are disabled (C{queue.driver: none}).
+    The sink when webhooks are disabled (C{queue.driver: none}): every
+    method does nothing.
     """
-
-    def channel_occupied(self, app_id: str, channel: str) -> None:
-        pass
-
-    def channel_vacated(self, app_id: str, channel: str) -> None:
-        pass
-
-    def member_added(self, app_id: str, channel: str, user_id: str) -> None:
-        pass
-
-    def member_removed(self, app_id: str, channel: str, user_id: str) -> None:
-        pass
-
-    def client_event(
-        self,
-        app_id: str,
-        channel: str,
-        event: str,
-        data: str | None,
-        socket_id: str,
-        user_id: str | None,
-    ) -> None:
-        pass
-
-    def cache_miss(self, app_id: str, channel: str) -> None:
-        pass
-
-    def subscription_count(self, app_id: str, channel: str, count: int) -> None:
-        pass
 
 
 class IWebhookMetrics(Interface):
@@ -366,6 +350,37 @@ class MemoryPendingLeaves:
         held = key in self._held
         self._held.discard(key)
         return succeed(held)
+
+    def claim(self, key: str) -> Deferred[bool]:
+        return self.cancel(key)
+
+
+@implementer(IPendingLeaves)
+class RedisPendingLeaves:
+    """
+    Held leaves shared by every node through Redis: C{hold} is C{SET key
+    PX}, C{cancel} and C{claim} are C{DEL key} (1 means it was held), so
+    exactly one node wins either way. For the cluster adapter to plug into
+    L{WebhookEvents}.
+    """
+
+    def __init__(self, redis: RedisCommands, prefix: str, ttl: float = 30.0) -> None:
+        """
+        @param prefix: key prefix, e.g. C{"<adapter prefix>:webhook_hold:"}.
+        @param ttl: seconds a hold lives in Redis; longer than the leave
+            delay, so a hold is never lost before its timer claims it.
+        """
+        self._redis = redis
+        self._prefix = prefix
+        self._ttl_ms = str(int(ttl * 1000))
+
+    def hold(self, key: str) -> Deferred[None]:
+        d = self._redis.execute_command("SET", self._prefix + key, "1", "PX", self._ttl_ms)
+        return d.addCallback(lambda _: None)
+
+    def cancel(self, key: str) -> Deferred[bool]:
+        d = self._redis.execute_command("DEL", self._prefix + key)
+        return d.addCallback(lambda deleted: int(deleted) == 1)
 
     def claim(self, key: str) -> Deferred[bool]:
         return self.cancel(key)
@@ -671,7 +686,7 @@ class HTTPPoster(Protocol):
     fake in tests).
     """
 
-    def post(self, url: str, data: bytes, headers: Mapping[str, list[str]]) -> Deferred[Any]: ...
+    def post(self, url: str, /, *, data: bytes, headers: Headers) -> Deferred[Any]: ...
 
 
 @attrs.frozen
@@ -808,14 +823,16 @@ class WebhookSender:
 
     async def _post_async(self, app: App, target: WebhookTarget, body: bytes) -> _Outcome:
         assert target.url is not None
-        headers = {
-            name: [value]
-            for name, value in target.headers.items()
-            if name.lower() not in _OWN_HEADERS
-        }
-        headers["Content-Type"] = ["application/json"]
-        headers["X-Pusher-Key"] = [app.key]
-        headers["X-Pusher-Signature"] = [webhook_signature(app.secret, body)]
+        headers = Headers(
+            {
+                name: [value]
+                for name, value in target.headers.items()
+                if name.lower() not in _OWN_HEADERS
+            }
+        )
+        headers.setRawHeaders("Content-Type", ["application/json"])
+        headers.setRawHeaders("X-Pusher-Key", [app.key])
+        headers.setRawHeaders("X-Pusher-Signature", [webhook_signature(app.secret, body)])
         timeout = self._settings.request_timeout
         try:
             d = self._http.post(target.url, data=body, headers=headers)
@@ -855,22 +872,126 @@ class WebhookService(Service):
     Runs webhook delivery: starts the queue's consumer, and on shutdown
     queues what the sink holds, stops retrying and stops the queue (a memory
     queue gets a short grace to drain; a Redis queue hands jobs back).
+    Stopping twice waits for the first stop.
     """
+
+    _log = Logger()
 
     def __init__(self, events: WebhookEvents, sender: WebhookSender, queue: IJobQueue) -> None:
         self.events = events
         self.sender = sender
         self.queue = queue
+        self._stopped: Deferred[None] | None = None
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        self._stopped = None
         self.queue.start(self.sender.deliver)
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()  # type: ignore[no-untyped-call]
-        return Deferred.fromCoroutine(self._stop())
+        if self._stopped is None:
+            super().stopService()  # type: ignore[no-untyped-call]
+            self._stopped = Deferred.fromCoroutine(self._stop())
+        return Deferred.fromCoroutine(self._wait(self._stopped))
+
+    async def _wait(self, stopped: Deferred[None]) -> None:
+        await stopped
 
     async def _stop(self) -> None:
-        await self.events.close()
-        self.sender.stop()
-        await self.queue.stop()
+        try:
+            await self.events.close()
+            self.sender.stop()
+            await self.queue.stop()
+        except Exception:
+            self._log.failure("stopping webhook delivery failed")
+
+
+@attrs.frozen
+class WebhookParts:
+    """
+    Webhook delivery as the composition root wires it.
+
+    @ivar events: the sink to report transitions to (a L{NullWebhookEvents}
+        when C{queue.driver} is C{none}); it is a full L{IPusherEvents}.
+    @ivar service: start with the daemon; stop it after clients are closed
+        (it sends held leaves at once), before L{close}.
+    @ivar close: closes the Redis connection and the HTTP pool, last.
+    """
+
+    events: IPusherEvents
+    service: WebhookService | None
+    close: Callable[[], Deferred[None]]
+
+
+def build_webhooks(
+    config: ServerConfig,
+    reactor: Any,
+    apps: IAppStore,
+    metrics: IWebhookMetrics | None = None,
+) -> WebhookParts:
+    """
+    Build the sink, sender and queue from C{queue.*} and
+    C{webhooks.batching.*}.
+
+    @raise ConfigError: for a queue driver or webhook target sockudo-tw
+        refuses (C{sqs}, C{redis-cluster}, Lambda targets), so the daemon
+        never starts while silently dropping webhooks.
+    """
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    try:
+        validate_queue_driver(config.queue.driver)
+        validate_webhook_targets(config.app_manager.apps)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if config.queue.driver == "none":
+        return WebhookParts(NullWebhookEvents(), None, lambda: succeed(None))
+    concurrency = 20
+    queue: IJobQueue
+    closers: list[Callable[[], Deferred[Any]]] = []
+    if config.queue.driver == "redis":
+        import txredisapi
+
+        url = config.queue.redis_url_override or config.database_redis.url
+        address = RedisAddress.from_url(url)
+        redis = txredisapi.lazyConnectionPool(
+            address.host,
+            address.port,
+            dbid=address.db,
+            poolsize=2,
+            reconnect=True,
+            password=address.password,
+            username=address.username,
+            convertNumbers=False,
+        )
+        closers.append(redis.disconnect)
+        queue = RedisJobQueue(redis, reactor, prefix=config.queue.redis_prefix)
+        concurrency = config.queue.redis_concurrency
+    else:
+        queue = MemoryJobQueue(reactor)
+    settings = WebhookSettings(
+        batching_enabled=config.webhooks.batching_enabled,
+        batching_duration=config.webhooks.batching_duration_ms / 1000,
+        concurrency=concurrency,
+    )
+    pool = HTTPConnectionPool(reactor)  # type: ignore[no-untyped-call]
+    pool.maxPersistentPerHost = concurrency
+    closers.insert(0, pool.closeCachedConnections)
+    http = HTTPClient(Agent(reactor, pool=pool))  # type: ignore[no-untyped-call]
+    sender = WebhookSender(apps, http, reactor, settings, metrics)
+    events = WebhookEvents(apps, queue, reactor, settings)
+
+    async def close() -> None:
+        for closer in closers:
+            try:
+                await closer()
+            except Exception:
+                _build_log.failure("closing webhook delivery failed")
+
+    return WebhookParts(
+        events, WebhookService(events, sender, queue), lambda: Deferred.fromCoroutine(close())
+    )
+
+
+_build_log = Logger(namespace="sockudo_tw.webhooks")

@@ -467,10 +467,11 @@ class FakeHTTP:
 
     def __init__(self, *outcomes: int | Exception | FakeResponse | None) -> None:
         self.outcomes = list(outcomes)
-        self.requests: list[tuple[str, bytes, Mapping[str, list[str]]]] = []
+        self.requests: list[tuple[str, bytes, dict[str, list[str]]]] = []
 
-    def post(self, url: str, data: bytes, headers: Mapping[str, list[str]]) -> Deferred[Any]:
-        self.requests.append((url, data, headers))
+    def post(self, url: str, /, *, data: bytes, headers: Headers) -> Deferred[Any]:
+        raw = {k.decode(): [v.decode() for v in vs] for k, vs in headers.getAllRawHeaders()}
+        self.requests.append((url, data, raw))
         outcome = self.outcomes.pop(0) if self.outcomes else 200
         if outcome is None:
             return Deferred()
