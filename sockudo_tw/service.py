@@ -9,6 +9,9 @@ listener per strports description, and an ordered graceful shutdown.
 
 from __future__ import annotations
 
+import os
+import socket
+import stat
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,6 +48,7 @@ __all__ = [
     "config_listeners",
     "escape_strport",
     "make_service",
+    "prepare_unix_socket",
 ]
 
 CloseConnections = Callable[[int, str], Deferred[None]]
@@ -54,6 +58,8 @@ when the close frames are on their way.
 """
 
 Step = Callable[[], Deferred[None]]
+
+_log = Logger(namespace="sockudo_tw.service")
 
 SHUTDOWN_CODE = 4200
 SHUTDOWN_REASON = "Server shutting down"
@@ -191,6 +197,7 @@ class SockudoService(MultiService):
         webhooks and other queued work).
     @ivar close_steps: called in order last (Redis connections and other
         backends).
+    @ivar prepare_steps: called once before any listener binds.
     """
 
     _log = Logger()
@@ -212,8 +219,25 @@ class SockudoService(MultiService):
         self.flush_steps: list[Step] = []
         self.close_steps: list[Step] = []
         self.listeners: list[IService] = []
+        self.prepare_steps: list[Callable[[], None]] = []
         self._log_observer = log_observer
         self._warnings = tuple(warnings)
+
+    def privilegedStartService(self) -> None:
+        """
+        Prepare (socket directories, stale socket files), then let children
+        bind, possibly as root before twistd drops privileges.
+        """
+        self._prepare()
+        super().privilegedStartService()
+
+    def _prepare(self) -> None:
+        """
+        Run the preparation steps once.
+        """
+        steps, self.prepare_steps = self.prepare_steps, []
+        for step in steps:
+            step()
 
     def add_listener(self, listener: IService) -> None:
         """
@@ -237,6 +261,7 @@ class SockudoService(MultiService):
         """
         for warning in self._warnings:
             self._log.warn("Config: {note}", note=warning)
+        self._prepare()
         super().startService()
 
     def stopService(self) -> Deferred[None]:
@@ -301,6 +326,34 @@ class SockudoService(MultiService):
         return done.addCallback(lambda _: None)
 
 
+def prepare_unix_socket(path: str) -> None:
+    """
+    Get C{path} ready for a Unix listener, as Sockudo does: create its
+    directory (mode 0755) and remove a socket file nobody is listening on
+    any more (left by a crash). A live socket is left alone, so a second
+    instance fails to bind instead of stealing it.
+    """
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        _log.info("Removing stale socket file {path}", path=path)
+        os.unlink(path)
+    except OSError:
+        return
+    finally:
+        probe.close()
+
+
 def make_service(
     config: ServerConfig,
     reactor: Any,
@@ -343,6 +396,9 @@ def make_service(
         warnings,
     )
     descriptions = list(listen) or config_listeners(config)
+    if not listen and config.unix_socket.enabled:
+        path = config.unix_socket.path
+        root.prepare_steps.append(lambda: prepare_unix_socket(path))
     for description in descriptions:
         root.add_listener(strports.service(description, site, reactor=reactor))
     if not listen and config.ssl.enabled and config.ssl.redirect_http:
