@@ -10,21 +10,31 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from sockudo_tw.apps import MemoryAppStore
+from sockudo_tw.config import (
+    AppManagerConfig,
+    ConfigError,
+    QueueConfig,
+    ServerConfig,
+    WebhooksConfig,
+)
 from sockudo_tw.hooks import IPusherEvents
 from sockudo_tw.pusher.app import App, WebhookTarget
 from sockudo_tw.pusher.signing import webhook_signature
 from sockudo_tw.queue import (
     IJobQueue,
     JobHandler,
+    MemoryJobQueue,
     UnsupportedQueueDriverError,
     validate_queue_driver,
 )
@@ -37,6 +47,7 @@ from sockudo_tw.webhooks import (
     WebhookSender,
     WebhookService,
     WebhookSettings,
+    build_webhooks,
     target_wants,
     validate_webhook_targets,
 )
@@ -695,4 +706,61 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(queue.handler, sender.deliver)
         sink.channel_vacated("1", "a")
         self.successResultOf(service.stopService())
+        self.successResultOf(service.stopService())
         self.assertEqual(queue.events(), [[{"name": "channel_vacated", "channel": "a"}]])
+
+
+class BuildTests(SynchronousTestCase):
+    """
+    L{build_webhooks} turns the config into wired parts, or refuses it.
+    """
+
+    def config(self, driver: str = "memory", *apps: App) -> ServerConfig:
+        """
+        The default config with this queue driver and these apps.
+        """
+        return attrs.evolve(
+            ServerConfig(),
+            queue=QueueConfig(driver=driver),
+            app_manager=AppManagerConfig(apps=apps or (make_app(),)),
+            webhooks=WebhooksConfig(batching_enabled=True, batching_duration_ms=200),
+        )
+
+    def test_memory(self) -> None:
+        """
+        The memory driver gives a sink batching for the configured window,
+        feeding a memory queue that the service drains for its grace at stop.
+        """
+        clock = MemoryReactorClock()
+        parts = build_webhooks(self.config(), clock, MemoryAppStore([make_app()]))
+        self.assertIsInstance(parts.events, WebhookEvents)
+        assert parts.service is not None
+        queue = parts.service.queue
+        assert isinstance(queue, MemoryJobQueue)
+        parts.events.channel_occupied("1", "a")
+        self.assertEqual(clock.getDelayedCalls()[0].getTime(), 0.2)
+        stopped = parts.service.stopService()
+        clock.advance(5)
+        self.successResultOf(stopped)
+        self.assertEqual(queue.dropped, 1)
+        self.successResultOf(parts.close())
+
+    def test_none(self) -> None:
+        """
+        C{queue.driver: none} disables webhooks.
+        """
+        parts = build_webhooks(self.config("none"), Clock(), MemoryAppStore())
+        self.assertIsInstance(parts.events, NullWebhookEvents)
+        self.assertIsNone(parts.service)
+
+    def test_refused(self) -> None:
+        """
+        SQS, redis-cluster and Lambda targets are refused as config errors.
+        """
+        lam = make_app(WebhookTarget(url=None, event_types=ALL, lambda_function="f"))
+        for config in (
+            self.config("sqs"),
+            self.config("redis-cluster"),
+            self.config("memory", lam),
+        ):
+            self.assertRaises(ConfigError, build_webhooks, config, Clock(), MemoryAppStore())

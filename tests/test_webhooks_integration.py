@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pusher
 from treq.client import HTTPClient
 from twisted.internet import reactor
@@ -29,10 +30,18 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 import sockudo_tw
 from sockudo_tw.apps import MemoryAppStore
+from sockudo_tw.config import AppManagerConfig, QueueConfig, ServerConfig
 from sockudo_tw.pusher.app import App, WebhookTarget
 from sockudo_tw.queue import IJobQueue, MemoryJobQueue, RedisJobQueue
-from sockudo_tw.webhooks import WebhookEvents, WebhookSender, WebhookSettings
+from sockudo_tw.webhooks import (
+    RedisPendingLeaves,
+    WebhookEvents,
+    WebhookSender,
+    WebhookSettings,
+    build_webhooks,
+)
 from tests.test_queue import connect_redis, eventually, require_redis, true
+from tests.test_webhooks import RecordingQueue
 
 ALL = (
     "channel_occupied",
@@ -56,6 +65,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.client import Agent
 import txredisapi
 from sockudo_tw.apps import MemoryAppStore
+from sockudo_tw.config import AppManagerConfig, QueueConfig, ServerConfig
 from sockudo_tw.pusher.app import App, WebhookTarget
 from sockudo_tw.queue import RedisJobQueue
 from sockudo_tw.webhooks import WebhookSender
@@ -375,3 +385,91 @@ class RedisDurabilityTests(TestCase):
             [{"name": "member_removed", "channel": "presence-room", "user_id": "u7"}],
         )
         await eventually(lambda: self._llen(processing, 0))
+
+    async def test_built_from_config(self) -> None:
+        """
+        C{queue.driver: redis} from the config gives a daemon-shaped pipeline
+        (lazy txredisapi pool, treq with a connection pool) that delivers a
+        signed webhook through Redis and leaves no job behind.
+        """
+        await self.redis_setup()
+        receiver = self.listen()
+        config = attrs.evolve(
+            ServerConfig(),
+            queue=QueueConfig(
+                driver="redis",
+                redis_prefix=self.prefix,
+                redis_url_override="redis://127.0.0.1:6379/0",
+            ),
+            app_manager=AppManagerConfig(apps=(self.app,)),
+        )
+        parts = build_webhooks(config, reactor, self.store)
+        assert parts.service is not None
+        service = parts.service
+        service.startService()
+
+        async def stop() -> None:
+            await service.stopService()
+            await parts.close()
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        parts.events.channel_occupied("42", "from-config")
+        await eventually(lambda: true(len(receiver.requests) == 1))
+        self.assertEqual(
+            self.verified(receiver)["events"],
+            [{"name": "channel_occupied", "channel": "from-config"}],
+        )
+        await eventually(lambda: self._llen(f"{self.prefix}:queue:webhooks", 0))
+
+
+class SharedHoldTests(TestCase):
+    """
+    L{RedisPendingLeaves}: two nodes' sinks share held leaves, so a channel
+    vacated on one node and re-occupied on another within the delay sends
+    nothing, and a real vacate is sent once.
+    """
+
+    async def test_two_nodes(self) -> None:
+        """
+        Node A holds a vacate; node B's re-occupation cancels it (and is
+        itself suppressed); a second vacate on A, not cancelled, is sent by A
+        alone.
+        """
+        require_redis(self)
+        self.prefix = f"sockudo_tw_test_{uuid.uuid4().hex}"
+        redis = await connect_redis(self)
+        store = MemoryAppStore(
+            [
+                App(
+                    id="1",
+                    key="k",
+                    secret="s",
+                    webhooks=(WebhookTarget(url="http://x/", event_types=ALL),),
+                )
+            ]
+        )
+        clock = Clock()
+        nodes = []
+        for _ in range(2):
+            queue = RecordingQueue()
+            pending = RedisPendingLeaves(redis, self.prefix + ":hold:")
+            nodes.append((WebhookEvents(store, queue, clock, pending=pending), queue))
+        (a, a_queue), (b, b_queue) = nodes
+        a.channel_vacated("1", "room")
+        await deferLater(reactor, 0.05, lambda: None)  # type: ignore[arg-type]
+        b.channel_occupied("1", "room")
+        await deferLater(reactor, 0.05, lambda: None)  # type: ignore[arg-type]
+        clock.advance(3)
+        await deferLater(reactor, 0.05, lambda: None)  # type: ignore[arg-type]
+        clock.advance(1)
+        self.assertEqual((a_queue.jobs, b_queue.jobs), ([], []))
+        a.channel_vacated("1", "room")
+        await deferLater(reactor, 0.05, lambda: None)  # type: ignore[arg-type]
+        clock.advance(3)
+        await eventually(lambda: self._flushed(clock, a_queue))
+        self.assertEqual(a_queue.events(), [[{"name": "channel_vacated", "channel": "room"}]])
+        self.assertEqual(b_queue.jobs, [])
+
+    async def _flushed(self, clock: Clock, queue: RecordingQueue) -> bool:
+        clock.advance(0.05)
+        return bool(queue.jobs)
