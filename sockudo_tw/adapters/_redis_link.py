@@ -35,7 +35,7 @@ import attrs
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -184,14 +184,17 @@ class _Side:
         self.down_since: float | None = link.clock.seconds()
         self.outage_logged = False
         self._prepare_ready = prepare
+        # Connections dropped before they became usable (refused AUTH, a
+        # failed SUBSCRIBE): ClientService forgets failures once a TCP
+        # connection is made, so this keeps the backoff growing for them.
+        self.rejected = 0
+        policy = backoffPolicy(initialDelay=link.initial_delay, maxDelay=link.max_delay, factor=2.0)
         self.service = _QuietClientService(
             link.endpoint,
             _LinkFactory(self, protocol_class),
-            retryPolicy=backoffPolicy(
-                initialDelay=link.initial_delay, maxDelay=link.max_delay, factor=2.0
-            ),
+            retryPolicy=lambda attempt: policy(max(attempt, self.rejected)),
             clock=link.clock,
-            prepareConnection=self._prepare,
+            prepareConnection=self._connected,
         )
 
     @property
@@ -201,38 +204,39 @@ class _Side:
         """
         return self.protocol is not None
 
-    def _prepare(self, proxy: Any) -> Deferred[object]:
+    def _connected(self, proxy: Any) -> None:
         """
-        Wait for txredisapi's AUTH/SELECT, then run the side-specific step
-        (script loading, SUBSCRIBE) before declaring the connection up. A
-        connection lost in the meantime fails this, and ClientService retries.
+        A TCP connection is made: wait for txredisapi's AUTH/SELECT, then run
+        the side-specific step (script loading, SUBSCRIBE) before declaring
+        the connection up; on failure, abort it and ClientService redials.
+
+        This runs outside ClientService's C{prepareConnection} wait on
+        purpose: ClientService (Twisted 26.10) has no transition for a
+        connection lost while being prepared and raises C{NoTransition}.
         """
         protocol = proxy._protocol if hasattr(proxy, "_protocol") else proxy
-        ready: Deferred[object] = Deferred()
-        lost = protocol.whenDisconnected()
+        self.rejected += 1
+        gone: list[bool] = []
+        protocol.whenDisconnected().addCallback(lambda _: gone.append(True))
 
-        def on_lost(_: object) -> None:
-            if not ready.called:
-                ready.errback(RedisUnavailableError(f"{self.name} connection lost while preparing"))
-
-        lost.addCallback(on_lost)
-
-        def connected(_: object) -> Deferred[object]:
+        def ready(_: object) -> Deferred[object]:
             return self._prepare_ready(protocol)
 
         def done(_: object) -> None:
-            if not ready.called:
+            if not gone:
+                self.rejected = 0
                 self.protocol = protocol
                 self.link._side_up(self)
-                ready.callback(None)
 
         def failed(f: Failure) -> None:
-            if not ready.called:
+            if not gone and protocol.transport is not None:
                 protocol.transport.abortConnection()
-                ready.errback(f)
 
-        protocol.whenConnected().addCallback(connected).addCallbacks(done, failed)
-        return ready
+        preparing = protocol.whenConnected().addCallback(ready)
+        # A server that accepts but never answers must not leave the side
+        # stuck here: give up and redial.
+        preparing.addTimeout(self.link.ping_timeout, self.link.clock)
+        preparing.addCallbacks(done, failed)
 
     def lost(self, protocol: object) -> None:
         """
@@ -454,15 +458,8 @@ class RedisLink(Service):
         Load the Lua scripts so EVALSHA works from the first command.
         """
         loads = [protocol.execute_command("SCRIPT", "LOAD", s.source) for s in self.scripts]
-        if not loads:
-            return succeed(None)
-
-        async def all_loaded() -> object:
-            for d in loads:
-                await d
-            return None
-
-        return Deferred.fromCoroutine(all_loaded())
+        d: Deferred[Any] = gatherResults(loads, consumeErrors=True)
+        return d
 
     def _prepare_subscriber(self, protocol: Any) -> Deferred[object]:
         """
