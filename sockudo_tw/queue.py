@@ -331,6 +331,7 @@ class RedisJobQueue:
         self._handler: JobHandler | None = None
         self._in_progress = 0
         self._fetching = False
+        self._kicked = False
         self._poll_call: IDelayedCall | None = None
         self._heartbeat: LoopingCall | None = None
         self._pushes: set[Deferred[Any]] = set()
@@ -419,7 +420,10 @@ class RedisJobQueue:
         return moved
 
     def _kick(self) -> None:
-        if self._fetching or self._handler is None or self._stopping:
+        if self._fetching:
+            self._kicked = True
+            return
+        if self._handler is None or self._stopping:
             return
         if self._poll_call is not None and self._poll_call.active():
             self._poll_call.cancel()
@@ -432,12 +436,15 @@ class RedisJobQueue:
         Take jobs while there is room, then poll again later.
         """
         delay: float | None = self._poll_interval
+        empty = False
+        self._kicked = False
         try:
             while self._in_progress < self._max_in_progress and not self._stopping:
                 job = await self._redis.execute_command(
                     "LMOVE", self.queue_key, self.processing_key, "RIGHT", "LEFT"
                 )
                 if job is None:
+                    empty = True
                     break
                 self._dispatch(_text(job))
             else:
@@ -446,6 +453,9 @@ class RedisJobQueue:
             self._log.failure("fetching webhook jobs from Redis failed")
         finally:
             self._fetching = False
+        if empty and self._kicked:
+            # A job was pushed while the last LMOVE came back empty.
+            delay = 0
         if delay is not None and not self._stopping:
             self._poll_call = self._clock.callLater(delay, self._kick)
 
