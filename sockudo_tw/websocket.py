@@ -58,7 +58,7 @@ from sockudo_tw.registry import SocketRemoval, SubscribeOutcome, UnsubscribeOutc
 
 __all__ = ["PusherFactory", "PusherProtocol"]
 
-CLEANUP_CHUNK = 500
+CLEANUP_CHUNK = 200
 MAX_EARLY_MESSAGES = 32
 
 
