@@ -576,6 +576,12 @@ class NodeDriver:
         self.send(op="auth_response", req=request["req"], auth=dict(answer(request)))
         return request
 
+    def stderr_text(self) -> str:
+        """
+        Everything the driver wrote to stderr: pusher-js's debug log.
+        """
+        return bytes(self._collector.errors).decode("utf-8", "replace")
+
     def report(self) -> str:
         """
         What the driver observed (last 40 lines), its stderr and the server's

@@ -478,6 +478,80 @@ class PusherJsClientEventTests(TestCase):
         self.assertLess(len(relayed), 6, fx.node.report())
         self.assertEqual(fx.node.matching(match("state", "a", previous="connected")), [])
 
+    async def test_client_event_refused_after_unsubscribe_and_when_too_big(self) -> None:
+        """
+        The sender must be subscribed: a client event sent after
+        unsubscribing is not relayed. One over the app's payload limit
+        (10 KB) gets a C{pusher:error} and is not relayed either; the
+        connection stays up.
+        """
+        fx = await Interop.start(self)
+        channel = "private-strict"
+        await fx.connect("a")
+        await fx.connect("b")
+        await fx.subscribe("a", channel)
+        await fx.subscribe("b", channel)
+        fx.node.send(
+            op="client_event", client="a", channel=channel, event="client-big", data="z" * 11000
+        )
+        await fx.node.wait_for(
+            match("message", "a", event="pusher:error"), "pusher:error for an oversized event"
+        )
+        fx.node.send(op="unsubscribe", client="a", channel=channel)
+        await fx.settle(0.3)
+        fx.node.send(op="client_event", client="a", channel=channel, event="client-ghost", data={})
+        await fx.settle(0.5)
+        # pusher-js did put the frame on the wire (its debug log says so).
+        self.assertIn("client-ghost", fx.node.stderr_text())
+        relayed = {o["event"] for o in fx.node.matching(match("event", "b", channel=channel))}
+        self.assertEqual(relayed & {"client-big", "client-ghost"}, set(), fx.node.report())
+        self.assertEqual(fx.node.matching(match("state", "a", previous="connected")), [])
+
+    async def test_presence_limits_refuse_the_subscription_not_the_connection(self) -> None:
+        """
+        Over C{max_presence_members_per_channel}, or with C{user_info} over
+        C{max_presence_member_size_in_kb}, the subscription fails with an
+        error while the connection stays up (no reconnect loop).
+        """
+        fx = await Interop.start(
+            self,
+            apps=[app_config(max_presence_members_per_channel=2, max_presence_member_size_in_kb=1)],
+        )
+        channel = "presence-small"
+        for client in ("p1", "p2"):
+            await fx.connect(client, presence={"user_id": client, "user_info": {}})
+            await fx.subscribe(client, channel)
+        await fx.connect("p3", presence={"user_id": "p3", "user_info": {}})
+        await fx.connect("fat", presence={"user_id": "fat", "user_info": {"blob": "q" * 2000}})
+        for client in ("p3", "fat"):
+            fx.node.send(op="subscribe", client=client, channel=channel, bind=[])
+            await fx.node.wait_for(
+                lambda o, c=client: (
+                    o.get("client") == c
+                    and (
+                        (o["type"] == "message" and o["event"] == "pusher:error")
+                        or (o["type"] == "event" and o["event"] == "pusher:subscription_error")
+                    )
+                ),
+                f"an error for {client}'s refused presence subscription",
+            )
+        await fx.settle(1.5)
+        for client in ("p3", "fat"):
+            self.assertEqual(
+                fx.node.matching(
+                    match("event", client, channel=channel, event="pusher:subscription_succeeded")
+                ),
+                [],
+                f"{client} joined past a presence limit",
+            )
+            self.assertEqual(
+                fx.node.matching(match("state", client, previous="connected")),
+                [],
+                f"{client}'s connection was dropped for a presence limit:\n" + fx.node.report(),
+            )
+        joined = fx.node.matching(match("event", "p1", event="pusher:member_added"))
+        self.assertEqual([o["data"]["id"] for o in joined], ["p2"])
+
 
 class PusherJsUserTests(TestCase):
     """
@@ -633,3 +707,157 @@ class PusherJsUserTests(TestCase):
                 [],
                 f"{client} was closed too:\n" + fx.node.report(),
             )
+
+
+class PusherJsEdgeTests(TestCase):
+    """
+    Inputs real applications produce that a naive server mangles: Laravel
+    event names, numeric presence user ids, non-JSON and non-ASCII data,
+    every allowed channel-name character, cache variants, many clients.
+    """
+
+    timeout = 60
+
+    async def test_event_names_and_data_pass_through_untouched(self) -> None:
+        """
+        Laravel-style event names (backslashes, dots), a non-JSON string,
+        non-ASCII text and a payload of exactly 10 KB reach pusher-js as
+        published.
+        """
+        fx = await Interop.start(self)
+        channel = "edge-data"
+        await fx.connect("a")
+        await fx.subscribe("a", channel)
+        cases: list[tuple[str, Any]] = [
+            ("App\\Events\\OrderShipped", {"order": 1}),
+            (".dotted.name", {"d": True}),
+            ("plain-string", "not json at all"),
+            ("unicode", {"text": "h\u00e9llo \u2713 \U0001f600 \u4e2d\u6587"}),
+            ("exactly-10k", "y" * 10240),
+        ]
+        for name, data in cases:
+            result = await fx.node.call_sdk("trigger", channel, name, data)
+            self.assertEqual(result["status"], 200, (name, result))
+            event = await fx.event("a", channel, name)
+            self.assertEqual(event["data"], data, name)
+
+    async def test_numeric_presence_user_id_is_sent_as_a_string(self) -> None:
+        """
+        Laravel signs presence data with an integer C{user_id}; the server
+        accepts it and sends it back as a string in C{subscription_succeeded}
+        and C{member_added} (pusher-protocol.md section 4.3).
+        """
+        fx = await Interop.start(self)
+        channel = "presence-numeric"
+        await fx.connect("a", presence={"user_id": 41, "user_info": {"n": 41}})
+        await fx.subscribe("a", channel)
+        await fx.connect("b", presence={"user_id": 42, "user_info": {"n": 42}})
+        await fx.subscribe("b", channel)
+        succeeded = await fx.node.wait_for(
+            match("message", "b", event="pusher_internal:subscription_succeeded", channel=channel),
+            "b's subscription_succeeded frame",
+        )
+        presence = succeeded["data"]["presence"]
+        self.assertEqual(sorted(presence["ids"]), ["41", "42"])
+        self.assertEqual(presence["hash"], {"41": {"n": 41}, "42": {"n": 42}})
+        self.assertEqual(presence["count"], 2)
+        added = await fx.node.wait_for(
+            match("message", "a", event="pusher_internal:member_added", channel=channel),
+            "a's member_added frame",
+        )
+        self.assertEqual(added["data"], {"user_id": "42", "user_info": {"n": 42}})
+
+    async def test_presence_unsubscribe_removes_the_member(self) -> None:
+        """
+        Unsubscribing (not only disconnecting) from a presence channel sends
+        C{member_removed} to the others.
+        """
+        fx = await Interop.start(self)
+        channel = "presence-leave"
+        await fx.connect("a", presence={"user_id": "stay", "user_info": {}})
+        await fx.connect("b", presence={"user_id": "leave", "user_info": {}})
+        await fx.subscribe("a", channel)
+        await fx.subscribe("b", channel)
+        await fx.event("a", channel, "pusher:member_added")
+        fx.node.send(op="unsubscribe", client="b", channel=channel)
+        removed = await fx.event("a", channel, "pusher:member_removed")
+        self.assertEqual(removed["data"]["id"], "leave")
+
+    async def test_channel_name_with_every_allowed_character(self) -> None:
+        """
+        A private channel using every allowed character (C{_ - = @ , . ;})
+        can be subscribed, triggered and queried through the REST API.
+        """
+        fx = await Interop.start(self)
+        channel = "private-A_z-0=9@x,y.z;w"
+        await fx.connect("a")
+        await fx.subscribe("a", channel)
+        result = await fx.node.call_sdk("trigger", channel, "odd-name", {"ok": 1})
+        self.assertEqual(result["status"], 200, result)
+        await fx.event("a", channel, "odd-name")
+        info = await fx.node.call_sdk(
+            "get", {"path": f"/channels/{channel}", "params": {"info": "subscription_count"}}
+        )
+        self.assertEqual(info["status"], 200, info)
+        self.assertEqual(info["body"], {"occupied": True, "subscription_count": 1})
+
+    async def test_private_and_presence_cache_channels_replay(self) -> None:
+        """
+        C{private-cache-} and C{presence-cache-} channels replay the last
+        event to a new (authorised) subscriber, like C{cache-}.
+        """
+        fx = await Interop.start(self)
+        await fx.connect("a", presence={"user_id": "c1", "user_info": {}})
+        for channel in ("private-cache-edge", "presence-cache-edge"):
+            await fx.subscribe("a", channel)
+            await fx.event("a", channel, "pusher:cache_miss")
+            await fx.node.call_sdk("trigger", channel, "last", {"ch": channel})
+            await fx.event("a", channel, "last")
+        await fx.connect("b", presence={"user_id": "c2", "user_info": {}})
+        for channel in ("private-cache-edge", "presence-cache-edge"):
+            await fx.subscribe("b", channel)
+            replay = await fx.event("b", channel, "last")
+            self.assertEqual(replay["data"], {"ch": channel})
+
+    async def test_watchlist_reports_users_already_online(self) -> None:
+        """
+        A user signing in with a watchlist learns at once which watched users
+        are already online.
+        """
+        fx = await Interop.start(self)
+        await fx.connect("early", user={"id": "early-bird"})
+        fx.node.send(op="signin", client="early")
+        await fx.node.wait_for(match("message", "early", event="pusher:signin_success"), "early")
+        await fx.connect("late", user={"id": "late-comer", "watchlist": ["early-bird", "nobody"]})
+        fx.node.send(op="signin", client="late")
+        await fx.node.wait_for(
+            lambda o: (
+                o["type"] == "watchlist_event"
+                and o["client"] == "late"
+                and o["event"] == "online"
+                and o["data"]["user_ids"] == ["early-bird"]
+            ),
+            "an initial online event naming early-bird only",
+        )
+
+    async def test_one_publish_reaches_fifty_clients(self) -> None:
+        """
+        Fifty pusher-js connections on one channel each receive one REST
+        publish exactly once.
+        """
+        fx = await Interop.start(self)
+        clients = [f"c{i}" for i in range(50)]
+        for client in clients:
+            await fx.connect(client, wait=False)
+        for client in clients:
+            await fx.node.wait_for(match("connected", client), f"{client} connected", within=15)
+            fx.node.send(op="subscribe", client=client, channel="crowd", bind=[])
+        for client in clients:
+            await fx.event(client, "crowd", "pusher:subscription_succeeded", within=15)
+        await fx.node.call_sdk("trigger", "crowd", "to-all", {"n": 1})
+        await fx.node.wait_count(
+            lambda o: o["type"] == "event" and o["event"] == "to-all", 50, "to-all deliveries"
+        )
+        await fx.settle()
+        received = fx.node.matching(lambda o: o["type"] == "event" and o["event"] == "to-all")
+        self.assertEqual(sorted(o["client"] for o in received), sorted(clients))
