@@ -456,7 +456,7 @@ class WebhookEvents(NoPusherEvents):
         self._queue = queue
         self._clock = clock
         self._settings = settings or WebhookSettings()
-        self._pending = pending or MemoryPendingLeaves()
+        self.pending: IPendingLeaves = pending or MemoryPendingLeaves()
         self._batches: dict[tuple[str, str], _Batch] = {}
         self._leave_timers: dict[str, tuple[IDelayedCall, App, Event]] = {}
         self._throttles: dict[tuple[str, str], _CountThrottle] = {}
@@ -568,7 +568,7 @@ class WebhookEvents(NoPusherEvents):
         previous = self._leave_timers.pop(key, None)
         if previous is not None and previous[0].active():
             previous[0].cancel()
-        self._guard(self._pending.hold(key))
+        self._guard(self.pending.hold(key))
         timer = self._clock.callLater(self._settings.leave_delay, self._leave_due, key)
         self._leave_timers[key] = (timer, app, event)
 
@@ -577,7 +577,7 @@ class WebhookEvents(NoPusherEvents):
         self._release(key, app, event)
 
     def _release(self, key: str, app: App, event: Event) -> Deferred[None]:
-        d = self._pending.claim(key)
+        d = self.pending.claim(key)
         d.addCallback(lambda held: self._emit(app, event) if held else None)
         return self._guard(d)
 
@@ -588,7 +588,7 @@ class WebhookEvents(NoPusherEvents):
         local = self._leave_timers.pop(key, None)
         if local is not None and local[0].active():
             local[0].cancel()
-        d = self._pending.cancel(key)
+        d = self.pending.cancel(key)
         d.addCallback(lambda held: None if held else self._emit(app, event))
         self._guard(d)
 
@@ -931,7 +931,9 @@ def build_webhooks(
 ) -> WebhookParts:
     """
     Build the sink, sender and queue from C{queue.*} and
-    C{webhooks.batching.*}.
+    C{webhooks.batching.*}. With C{adapter.driver: redis}, held leaves are
+    shared through the adapter's Redis (L{RedisPendingLeaves}) so that a
+    reload that lands on another node sends nothing either.
 
     @raise ConfigError: for a queue driver or webhook target sockudo-tw
         refuses (C{sqs}, C{redis-cluster}, Lambda targets), so the daemon
@@ -943,33 +945,46 @@ def build_webhooks(
     try:
         validate_queue_driver(config.queue.driver)
         validate_webhook_targets(config.app_manager.apps)
+        queue_url = config.queue.redis_url_override or config.database_redis.url
+        adapter_url = config.adapter.redis_url or config.database_redis.url
+        queue_address = RedisAddress.from_url(queue_url)
+        adapter_address = RedisAddress.from_url(adapter_url)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if config.queue.driver == "none":
         return WebhookParts(NullWebhookEvents(), None, lambda: succeed(None))
+    closers: list[Callable[[], Deferred[Any]]] = []
+    connections: dict[RedisAddress, Any] = {}
+
+    def redis(address: RedisAddress) -> Any:
+        if address not in connections:
+            import txredisapi
+
+            connection = txredisapi.lazyConnectionPool(
+                address.host,
+                address.port,
+                dbid=address.db,
+                poolsize=2,
+                reconnect=True,
+                password=address.password,
+                username=address.username,
+                convertNumbers=False,
+            )
+            connections[address] = connection
+            closers.append(connection.disconnect)
+        return connections[address]
+
     concurrency = 20
     queue: IJobQueue
-    closers: list[Callable[[], Deferred[Any]]] = []
     if config.queue.driver == "redis":
-        import txredisapi
-
-        url = config.queue.redis_url_override or config.database_redis.url
-        address = RedisAddress.from_url(url)
-        redis = txredisapi.lazyConnectionPool(
-            address.host,
-            address.port,
-            dbid=address.db,
-            poolsize=2,
-            reconnect=True,
-            password=address.password,
-            username=address.username,
-            convertNumbers=False,
-        )
-        closers.append(redis.disconnect)
-        queue = RedisJobQueue(redis, reactor, prefix=config.queue.redis_prefix)
+        queue = RedisJobQueue(redis(queue_address), reactor, prefix=config.queue.redis_prefix)
         concurrency = config.queue.redis_concurrency
     else:
         queue = MemoryJobQueue(reactor)
+    pending: IPendingLeaves = MemoryPendingLeaves()
+    if config.adapter.driver == "redis":
+        prefix = f"{config.adapter.redis_prefix}webhook_hold:"
+        pending = RedisPendingLeaves(redis(adapter_address), prefix)
     settings = WebhookSettings(
         batching_enabled=config.webhooks.batching_enabled,
         batching_duration=config.webhooks.batching_duration_ms / 1000,
@@ -980,7 +995,7 @@ def build_webhooks(
     closers.insert(0, pool.closeCachedConnections)
     http = HTTPClient(Agent(reactor, pool=pool))  # type: ignore[no-untyped-call]
     sender = WebhookSender(apps, http, reactor, settings, metrics)
-    events = WebhookEvents(apps, queue, reactor, settings)
+    events = WebhookEvents(apps, queue, reactor, settings, pending)
 
     async def close() -> None:
         for closer in closers:

@@ -30,7 +30,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 import sockudo_tw
 from sockudo_tw.apps import MemoryAppStore
-from sockudo_tw.config import AppManagerConfig, QueueConfig, ServerConfig
+from sockudo_tw.config import AdapterConfig, AppManagerConfig, QueueConfig, ServerConfig
 from sockudo_tw.pusher.app import App, WebhookTarget
 from sockudo_tw.queue import IJobQueue, MemoryJobQueue, RedisJobQueue
 from sockudo_tw.webhooks import (
@@ -65,7 +65,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.client import Agent
 import txredisapi
 from sockudo_tw.apps import MemoryAppStore
-from sockudo_tw.config import AppManagerConfig, QueueConfig, ServerConfig
+from sockudo_tw.config import AdapterConfig, AppManagerConfig, QueueConfig, ServerConfig
 from sockudo_tw.pusher.app import App, WebhookTarget
 from sockudo_tw.queue import RedisJobQueue
 from sockudo_tw.webhooks import WebhookSender
@@ -390,7 +390,8 @@ class RedisDurabilityTests(TestCase):
         """
         C{queue.driver: redis} from the config gives a daemon-shaped pipeline
         (lazy txredisapi pool, treq with a connection pool) that delivers a
-        signed webhook through Redis and leaves no job behind.
+        signed webhook through Redis and leaves no job behind; with the Redis
+        adapter, held leaves are kept in Redis.
         """
         await self.redis_setup()
         receiver = self.listen()
@@ -402,8 +403,15 @@ class RedisDurabilityTests(TestCase):
                 redis_url_override="redis://127.0.0.1:6379/0",
             ),
             app_manager=AppManagerConfig(apps=(self.app,)),
+            adapter=AdapterConfig(
+                driver="redis",
+                redis_prefix=self.prefix + ":",
+                redis_url="redis://127.0.0.1:6379/0",
+            ),
         )
         parts = build_webhooks(config, reactor, self.store)
+        assert isinstance(parts.events, WebhookEvents)
+        self.assertIsInstance(parts.events.pending, RedisPendingLeaves)
         assert parts.service is not None
         service = parts.service
         service.startService()
@@ -420,6 +428,13 @@ class RedisDurabilityTests(TestCase):
             [{"name": "channel_occupied", "channel": "from-config"}],
         )
         await eventually(lambda: self._llen(f"{self.prefix}:queue:webhooks", 0))
+        parts.events.channel_vacated("42", "from-config")
+        hold = f"{self.prefix}:webhook_hold:vacated\x0042\x00from-config"
+
+        async def held() -> bool:
+            return bool(await self.redis.execute_command("EXISTS", hold))
+
+        await eventually(held)
 
 
 class SharedHoldTests(TestCase):
