@@ -496,6 +496,8 @@ class PusherMetrics:
     """
     Every Sockudo metric plus ours, as one collector on an injected registry.
 
+    @ivar registry: The registry this collector is on (serve it with
+        L{metrics_site}).
     @ivar port: The C{port} label value: the metrics listener's port.
     """
 
@@ -524,6 +526,7 @@ class PusherMetrics:
         @param webhook_queue_depth: Webhook jobs waiting, or L{None} without
             a queue, read at scrape time.
         """
+        self.registry = registry
         self.port = port
         self._port = str(port)
         self._prefix = prefix
