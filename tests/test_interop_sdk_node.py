@@ -71,34 +71,42 @@ class NodeSdkPublishTests(TestCase):
 
     async def test_trigger_batch(self) -> None:
         """
-        C{triggerBatch} delivers each event to its channel; with C{info} on
-        one item the answer is index-aligned per item.
+        C{triggerBatch} delivers each event to its channel, honouring a
+        per-item C{socket_id}; with C{info} on one item the answer is
+        index-aligned per item.
         """
         fx = await Interop.start(self)
         await _populate(fx)
+        socket_b = fx.node.matching(match("connected", "b"))[0]["socket_id"]
         result = await fx.node.call_sdk(
             "triggerBatch",
             [
                 {"channel": PRESENCE, "name": "one", "data": {"i": 1}, "info": "user_count"},
                 {"channel": PUBLIC, "name": "two", "data": {"i": 2}},
+                {"channel": PRESENCE, "name": "three", "data": {"i": 3}, "socket_id": socket_b},
             ],
         )
         self.assertEqual(result["status"], 200, result)
-        self.assertEqual(result["body"], {"batch": [{"user_count": 2}, {}]})
+        self.assertEqual(result["body"], {"batch": [{"user_count": 2}, {}, {}]})
         one = await fx.event("b", PRESENCE, "one")
         two = await fx.event("a", PUBLIC, "two")
         self.assertEqual((one["data"], two["data"]), ({"i": 1}, {"i": 2}))
+        await fx.event("a", PRESENCE, "three")
+        await fx.event("a2", PRESENCE, "three")
+        await fx.settle()
+        self.assertEqual(fx.node.matching(match("event", "b", event="three")), [])
 
     async def test_send_to_user_and_terminate_user_connections(self) -> None:
         """
-        C{sendToUser} reaches the signed-in user only;
-        C{terminateUserConnections} drops that user's connections and no
-        other.
+        C{sendToUser} reaches every connection of the signed-in user and no
+        one else; C{terminateUserConnections} drops all of that user's
+        connections and no other.
         """
         fx = await Interop.start(self)
         await fx.connect("a", user={"id": "node-user"})
+        await fx.connect("a2", user={"id": "node-user"})
         await fx.connect("b", user={"id": "someone-else"})
-        for client, user_id in (("a", "node-user"), ("b", "someone-else")):
+        for client, user_id in (("a", "node-user"), ("a2", "node-user"), ("b", "someone-else")):
             fx.node.send(op="signin", client=client)
             await fx.node.wait_for(
                 match(
@@ -111,14 +119,19 @@ class NodeSdkPublishTests(TestCase):
             )
         sent = await fx.node.call_sdk("sendToUser", "node-user", "direct", {"hi": True})
         self.assertEqual((sent["status"], sent["body"]), (200, {}))
-        event = await fx.node.wait_for(match("user_event", "a", event="direct"), "a's user event")
-        self.assertEqual(event["data"], {"hi": True})
+        for client in ("a", "a2"):
+            event = await fx.node.wait_for(
+                match("user_event", client, event="direct"), f"{client}'s user event"
+            )
+            self.assertEqual(event["data"], {"hi": True})
 
         terminated = await fx.node.call_sdk("terminateUserConnections", "node-user")
         self.assertEqual(terminated["status"], 200, terminated)
-        await fx.node.wait_for(
-            match("state", "a", previous="connected"), "the terminated user's connection to drop"
-        )
+        for client in ("a", "a2"):
+            await fx.node.wait_for(
+                match("state", client, previous="connected"),
+                f"the terminated user's connection {client} to drop",
+            )
         await fx.settle(0.5)
         self.assertEqual(fx.node.matching(match("user_event", "b", event="direct")), [])
         self.assertEqual(fx.node.matching(match("state", "b", previous="connected")), [])
@@ -187,15 +200,26 @@ class NodeSdkErrorTests(TestCase):
 
     async def test_refusals(self) -> None:
         """
-        Over 10 KB of data is 413, a wrong secret 401, an unknown app id 404;
-        the subscribed client receives none of those events.
+        10241 bytes of data (one over the default 10 KB) is 413, a batch of
+        11 (default limit 10) is 400, C{info=user_count} without the
+        C{presence-} filter is 400, a wrong secret 401, an unknown app id
+        404; the subscribed client receives none of those events.
         """
         fx = await Interop.start(self)
         await fx.connect("a")
         await fx.subscribe("a", "node-guarded")
 
-        too_big = await fx.node.call_sdk("trigger", "node-guarded", "big", "x" * 11000)
+        too_big = await fx.node.call_sdk("trigger", "node-guarded", "big", "x" * 10241)
         self.assertEqual(too_big["status"], 413, too_big)
+
+        eleven = [{"channel": "node-guarded", "name": "batch", "data": str(i)} for i in range(11)]
+        too_many = await fx.node.call_sdk("triggerBatch", eleven)
+        self.assertEqual(too_many["status"], 400, too_many)
+
+        unfiltered = await fx.node.call_sdk(
+            "get", {"path": "/channels", "params": {"info": "user_count"}}
+        )
+        self.assertEqual(unfiltered["status"], 400, unfiltered)
 
         await fx.node.init_sdk(fx.sdk_options(secret="not-the-secret"), name="forger")
         forged = await fx.node.call_sdk("trigger", "node-guarded", "forged", {}, sdk="forger")

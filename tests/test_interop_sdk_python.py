@@ -66,7 +66,7 @@ class PythonSdkPublishTests(TestCase):
                 {"channel": "py-batch-2", "name": "second", "data": {"i": 2}},
             ],
         )
-        self.assertIsInstance(result, dict)
+        self.assertEqual(result, {})
         first = await fx.event("a", "py-batch-1", "first")
         second = await fx.event("a", "py-batch-2", "second")
         self.assertEqual((first["data"], second["data"]), ({"i": 1}, {"i": 2}))
