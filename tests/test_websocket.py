@@ -10,9 +10,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
+from sockudo_tw.adapters import ILocalSocket
 from sockudo_tw.apps import MemoryAppStore
-from sockudo_tw.hooks import NoPusherEvents
+from sockudo_tw.hooks import IPusherEvents, NoPusherEvents
 from sockudo_tw.pusher.app import App
 from sockudo_tw.pusher.signing import token
 from sockudo_tw.websocket import CLEANUP_CHUNK, PusherFactory
@@ -645,3 +647,14 @@ class FactoryTests(SynchronousTestCase):
         self.assertFalse(f.webStatus)
         self.assertEqual(f.autoPingInterval, 0)
         self.assertIs(f.websocket_resource()._factory, f)
+
+    def test_interfaces(self) -> None:
+        """
+        Protocols are the adapter's L{ILocalSocket}s; the default observer
+        provides L{IPusherEvents}.
+        """
+        h = Harness()
+        c = h.connect()
+        self.assertTrue(verifyObject(ILocalSocket, c.protocol))
+        self.assertTrue(verifyObject(IPusherEvents, NoPusherEvents()))
+        self.assertTrue(verifyObject(IPusherEvents, h.factory.observer))
