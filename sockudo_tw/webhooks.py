@@ -933,7 +933,10 @@ def build_webhooks(
     Build the sink, sender and queue from C{queue.*} and
     C{webhooks.batching.*}. With C{adapter.driver: redis}, held leaves are
     shared through the adapter's Redis (L{RedisPendingLeaves}) so that a
-    reload that lands on another node sends nothing either.
+    reload that lands on another node sends nothing either. A queue worker
+    counts as dead, and its jobs are redelivered, after
+    C{adapter.cluster_health.node_timeout_ms} (the cluster's notion of a
+    dead node).
 
     @raise ConfigError: for a queue driver or webhook target sockudo-tw
         refuses (C{sqs}, C{redis-cluster}, Lambda targets), so the daemon
@@ -977,7 +980,12 @@ def build_webhooks(
     concurrency = 20
     queue: IJobQueue
     if config.queue.driver == "redis":
-        queue = RedisJobQueue(redis(queue_address), reactor, prefix=config.queue.redis_prefix)
+        queue = RedisJobQueue(
+            redis(queue_address),
+            reactor,
+            prefix=config.queue.redis_prefix,
+            liveness_ttl=config.adapter.cluster_health.node_timeout_ms / 1000,
+        )
         concurrency = config.queue.redis_concurrency
     else:
         queue = MemoryJobQueue(reactor)
