@@ -354,6 +354,11 @@ class RedisJobQueue:
 
     def start(self, handler: JobHandler) -> None:
         self._handler = handler
+        self._log.info(
+            "Webhook queue worker {worker_id} consuming {queue}",
+            worker_id=self.worker_id,
+            queue=self.queue_key,
+        )
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = self._clock
         beat = self._heartbeat.start(self._liveness_ttl / 3, now=True)
