@@ -460,6 +460,7 @@ class WebhookEvents(NoPusherEvents):
         self._batches: dict[tuple[str, str], _Batch] = {}
         self._leave_timers: dict[str, tuple[IDelayedCall, App, Event]] = {}
         self._throttles: dict[tuple[str, str], _CountThrottle] = {}
+        self._closing = False
 
     # The sink interface: look the app up, then act on its webhook targets.
 
@@ -562,7 +563,7 @@ class WebhookEvents(NoPusherEvents):
         return any(target_wants(t, n, channel) for t in app.webhooks for n in names)
 
     def _leave(self, key: str, app: App, event: Event) -> None:
-        if self._settings.leave_delay <= 0:
+        if self._settings.leave_delay <= 0 or self._closing:
             self._emit(app, event)
             return
         previous = self._leave_timers.pop(key, None)
@@ -626,7 +627,7 @@ class WebhookEvents(NoPusherEvents):
 
     def _add(self, app: App, url: str, event: Event) -> None:
         settings = self._settings
-        if not settings.batching_enabled:
+        if not settings.batching_enabled or self._closing:
             self._queue_job(app.id, url, [event])
             return
         key = (app.id, url)
@@ -660,11 +661,13 @@ class WebhookEvents(NoPusherEvents):
     def close(self) -> Deferred[None]:
         """
         Shutdown: send held leaves and throttled counts now and queue every
-        batch, so nothing waits in memory.
+        batch, so nothing waits in memory. Events reported afterwards (late
+        transitions of closing sockets) are queued at once, unheld.
         """
         return Deferred.fromCoroutine(self._close())
 
     async def _close(self) -> None:
+        self._closing = True
         for key in list(self._throttles):
             throttle = self._throttles[key]
             throttle.timer.cancel()

@@ -394,7 +394,8 @@ class SinkTests(SynchronousTestCase):
 
     def test_close_flushes(self) -> None:
         """
-        Closing sends held leaves and pending batches at once.
+        Closing sends held leaves and pending batches at once; a leave
+        reported after closing is queued at once too.
         """
         self.sink.channel_vacated("1", "a")
         self.sink.channel_occupied("1", "b")
@@ -403,6 +404,11 @@ class SinkTests(SynchronousTestCase):
         self.assertEqual(names, ["channel_occupied", "channel_vacated"])
         self.clock.advance(10)
         self.assertEqual(len(self.queue.jobs), 1)
+        self.sink.member_removed("1", "presence-a", "late")
+        self.assertEqual(
+            self.queue.events()[1],
+            [{"name": "member_removed", "channel": "presence-a", "user_id": "late"}],
+        )
 
 
 class ValidationTests(SynchronousTestCase):
