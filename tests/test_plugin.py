@@ -85,8 +85,6 @@ class PluginTests(SynchronousTestCase):
                 "install",
                 "--quiet",
                 "--no-deps",
-                "--no-build-isolation",
-                "--no-index",
                 "--target",
                 target,
                 ".",
