@@ -667,7 +667,6 @@ class WebhookEvents(NoPusherEvents):
         return Deferred.fromCoroutine(self._close())
 
     async def _close(self) -> None:
-        self._closing = True
         for key in list(self._throttles):
             throttle = self._throttles[key]
             throttle.timer.cancel()
@@ -681,6 +680,7 @@ class WebhookEvents(NoPusherEvents):
             await self._release(leave_key, app, event)
         for batch_key in list(self._batches):
             self._flush(batch_key)
+        self._closing = True
 
 
 class HTTPPoster(Protocol):
