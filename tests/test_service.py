@@ -299,4 +299,21 @@ class LogTests(SynchronousTestCase):
         self.assertEqual(len(lines), 1)
         event = json.loads(lines[0])
         self.assertEqual(event["app_id"], "a2")
-        self.assertEqual(event["log_format"], "high {app_id}")
+        self.assertEqual(event["message"], "high a2")
+        self.assertEqual(event["level"], "info")
+        self.assertEqual(event["namespace"], "t")
+
+    def test_json_failure(self) -> None:
+        """
+        A logged failure carries its traceback.
+        """
+        out = io.StringIO()
+        log = Logger(namespace="t", observer=make_log_observer(out, "json", False))
+        try:
+            1 / 0  # noqa: B018
+        except ZeroDivisionError:
+            log.failure("broke on {channel}", channel="c")
+        event = json.loads(out.getvalue())
+        self.assertEqual(event["level"], "critical")
+        self.assertEqual(event["channel"], "c")
+        self.assertIn("ZeroDivisionError", event["traceback"])
