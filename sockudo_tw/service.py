@@ -183,6 +183,11 @@ def _adapter(config: ServerConfig, reactor: Any) -> tuple[IAdapter | None, Healt
     """
     from sockudo_tw.adapters.local import LocalAdapter
 
+    if config.adapter.driver == "redis":
+        from sockudo_tw.adapters.redis import redis_adapter_from_config
+
+        cluster = redis_adapter_from_config(config, reactor)
+        return cluster, cluster.health
     return LocalAdapter(), always_healthy
 
 
@@ -395,6 +400,9 @@ def make_service(
         log_observer,
         warnings,
     )
+    if IService.providedBy(adapter):
+        # A cluster adapter connects at start and leaves the cluster last.
+        IService(adapter).setServiceParent(root)
     descriptions = list(listen) or config_listeners(config)
     if not listen and config.unix_socket.enabled:
         path = config.unix_socket.path

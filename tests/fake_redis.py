@@ -5,7 +5,7 @@ L{FakeRedisServer} speaks RESP over L{twisted.internet.testing} fake
 transports (synapse's C{FakeRedisPubSubServer} pattern): it accepts the
 connections a L{MemoryReactor} records in C{tcpClients}, parses commands
 incrementally (any chunking), handles PING/AUTH/SELECT, PUBLISH, SUBSCRIBE
-and UNSUBSCRIBE itself, and hands every other command (EVAL, EVALSHA,
+UNSUBSCRIBE and PUBSUB NUMSUB itself, and hands every other command (EVAL, EVALSHA,
 SCRIPT, HGETALL, ...) to an in-memory fakeredis server, which runs the
 adapter's real Lua scripts through lupa. Lua's C{redis.call('TIME')} reads
 the test clock.
@@ -177,6 +177,12 @@ class FakeRedisProtocol(Protocol):
             return
         if name == "PING" and self.channels:
             self.reply([b"pong", b""])
+            return
+        if name == "PUBSUB" and args[1].upper() == b"NUMSUB":
+            counts: list[Any] = []
+            for channel in args[2:]:
+                counts += [channel, sum(channel in c.channels for c in self.server.connections)]
+            self.reply(counts)
             return
         if name == "PUBLISH":
             self.reply(self.server.publish(args[1], args[2]))

@@ -133,7 +133,12 @@ class Cluster:
         out: dict[bytes, Any] = {}
         for key in r.keys("t:*"):
             kind = r.type(key)
-            out[key] = r.hgetall(key) if kind == b"hash" else r.zrange(key, 0, -1)
+            if kind == b"hash":
+                out[key] = r.hgetall(key)
+            elif kind == b"zset":
+                out[key] = r.zrange(key, 0, -1)
+            else:
+                out[key] = r.get(key)
         return out
 
 
@@ -517,6 +522,29 @@ class DeadNodeTests(SynchronousTestCase):
         self.assertEqual(cluster.result(a.app_connection_count("app")), 2)
         self.assertNotIn(b"t:n:C", cluster.keys())
 
+    def test_stalled_node_comes_back(self) -> None:
+        """
+        A node declared dead while it was only stalled (its members were
+        announced as gone) re-registers at its next heartbeat and its
+        members are announced again to the other nodes.
+        """
+        cluster = Cluster(self)
+        a, c = cluster.node("A"), cluster.node("C")
+        watcher = connect(a, "1.1")
+        cluster.result(a.subscribe("app", "presence-x", "1.1", PresenceMember("ua", {}), 0))
+        connect(c, "3.1")
+        cluster.result(c.subscribe("app", "presence-x", "3.1", PresenceMember("uc", {"k": 1}), 0))
+        watcher.frames.clear()
+        c._beat.stop()
+        cluster.advance(4.0)
+        self.assertEqual(watcher.frames, [events.member_removed("presence-x", "uc")])
+        c._beat.start(c.options.period, now=True)
+        cluster.flush()
+        self.assertEqual(watcher.frames[1:], [events.member_added("presence-x", "uc", {"k": 1})])
+        self.assertEqual(
+            cluster.result(a.presence_members("app", "presence-x")), {"ua": {}, "uc": {"k": 1}}
+        )
+
     def test_not_purged_while_alive(self) -> None:
         """
         Live nodes heartbeat faster than their deadline: no purge ever.
@@ -615,13 +643,56 @@ class OutageTests(SynchronousTestCase):
     def test_redis_data_lost(self) -> None:
         """
         If Redis restarts empty, each node's next heartbeat notices it is
-        unknown and writes its state back.
+        unknown and writes its state back, without announcing members the
+        other nodes already know.
         """
         cluster = Cluster(self)
-        a = cluster.node("A")
+        a, b = cluster.node("A"), cluster.node("B")
         connect(a, "1.1")
+        watcher = connect(b, "2.1")
         cluster.result(a.subscribe("app", "ch", "1.1", None, 0))
+        cluster.result(a.subscribe("app", "presence-x", "1.1", PresenceMember("ua", {}), 0))
+        cluster.result(b.subscribe("app", "presence-x", "2.1", PresenceMember("ub", {}), 0))
+        watcher.frames.clear()
         cluster.result(a.link.command("FLUSHALL"))
         self.assertEqual(cluster.result(a.channels("app")), {})
         cluster.advance(1.5)
-        self.assertEqual(cluster.result(a.channels("app")), {"ch": 1})
+        self.assertEqual(cluster.result(a.channels("app")), {"ch": 1, "presence-x": 2})
+        self.assertEqual(
+            cluster.result(b.presence_members("app", "presence-x")), {"ua": {}, "ub": {}}
+        )
+        self.assertEqual(watcher.frames, [])
+
+    def test_resync_announcements_wait_for_listeners(self) -> None:
+        """
+        After a Redis restart, member events found by a node's resync are
+        held until the other nodes are subscribed again, so they are not
+        published to nobody.
+        """
+        cluster = Cluster(self)
+        a, b = cluster.node("A"), cluster.node("B")
+        watcher = connect(b, "2.1")
+        cluster.result(b.subscribe("app", "presence-x", "2.1", PresenceMember("ub", {}), 0))
+        cluster.server.accepting = False
+        cluster.server.drop_connections()
+        cluster.flush()
+        connect(a, "1.1")
+        cluster.result(a.subscribe("app", "presence-x", "1.1", PresenceMember("late", {}), 0))
+        watcher.frames.clear()
+        deaf = [True]
+
+        def no_subscribe(protocol: object, name: str, args: list[bytes]) -> object:
+            if name == "SUBSCRIBE" and deaf[0]:
+                return False
+            return True
+
+        cluster.server.on_command = no_subscribe
+        cluster.server.accepting = True
+        cluster.advance(2.5)
+        self.assertTrue(a.link.commands.up)
+        self.assertFalse(b.link.subscriber.up)
+        self.assertEqual(watcher.frames, [])
+        deaf[0] = False
+        cluster.advance(5)
+        self.assertTrue(b.link.is_up)
+        self.assertEqual(watcher.frames, [events.member_added("presence-x", "late", {})])

@@ -83,11 +83,13 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -107,7 +109,20 @@ from sockudo_tw.registry import (
     UnsubscribeOutcome,
 )
 
-__all__ = ["APPLY", "CLUSTER_FIGURES", "HEARTBEAT", "JOIN", "RedisAdapter", "RedisNodeOptions"]
+if TYPE_CHECKING:
+    from sockudo_tw.config import ServerConfig
+
+__all__ = [
+    "APPLY",
+    "CLUSTER_FIGURES",
+    "HEARTBEAT",
+    "JOIN",
+    "RedisAdapter",
+    "RedisNodeOptions",
+    "RedisServer",
+    "parse_redis_url",
+    "redis_adapter_from_config",
+]
 
 CLUSTER_FIGURES = """
 (filled in from bench/cluster_fanout.py runs; see the README)
@@ -195,13 +210,17 @@ APPLY = LuaScript(
 --   "s": make the node's counts exactly these numbers (absent fields: 0);
 --   "p": purge the node if its liveness deadline has passed;
 --   "x": purge the node unconditionally (graceful stop).
--- Returns {status, transition...}; status 0 means "not purged" (mode p).
+-- Returns {status, transition...}; status 0 means "not purged" (mode p),
+-- 2 "this node had been purged" (mode s).
 -- A transition is {kind, app, channel[, user[, info]]}: o occupied,
 -- v vacated, a member added, r member removed.
 local mode = ARGV[3]
 if mode == 'd' then
   for i = 4, #ARGV, 3 do apply(ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]) end
 elseif mode == 's' then
+  -- status 2: this node had been purged as dead, so the other nodes were
+  -- told its members left and must hear them all again.
+  if redis.call('DEL', P .. 'dead:' .. node) == 1 then out[1] = 2 end
   local have = current()
   local want = {}
   for i = 4, #ARGV, 3 do
@@ -216,6 +235,7 @@ elseif mode == 'p' or mode == 'x' then
   if mode == 'p' then
     local deadline = redis.call('ZSCORE', P .. 'nodes', node)
     if not deadline or tonumber(deadline) >= now_ms() then return {0} end
+    redis.call('SET', P .. 'dead:' .. node, '1', 'PX', 3600000)
   end
   for f, n in pairs(current()) do apply(f, -n, '') end
   redis.call('DEL', nkey)
@@ -400,6 +420,14 @@ class RedisAdapter(Service):
         self._infos: dict[str, str] = {}
         self._socket_members: dict[str, dict[str, str]] = {}
         self._need_sync = False
+        # Presence fields changed while the cluster could not hear: the
+        # member events a sync finds for these are news to the other nodes.
+        self._dirty: set[str] = set()
+        # Member events found by a sync, held until every registered node
+        # is subscribed again (after a Redis restart the others may still be
+        # redialling, and pub/sub does not keep messages for them).
+        self._held: list[Transition] = []
+        self._held_since: float | None = None
         self.local_answers = 0
         self.purged_nodes = 0
         self._beat = LoopingCall(self._heartbeat)
@@ -450,6 +478,13 @@ class RedisAdapter(Service):
                 self.log.warn("Could not remove this node's state from Redis at shutdown")
         await self.link.stopService()
 
+    def cluster_links(self) -> dict[str, bool]:
+        """
+        Whether each Redis connection is up, for the C{cluster_link_up}
+        gauge.
+        """
+        return {"publisher": self.link.commands.up, "subscriber": self.link.subscriber.up}
+
     def health(self) -> Deferred[bool]:
         """
         C{/up}: True when the command connection answers PING.
@@ -477,19 +512,27 @@ class RedisAdapter(Service):
         down: the next sync writes them. Failures mark a sync as needed and
         fire with None.
         """
+        fields = [entry[0] for entry in entries]
         if not self.link.commands.up:
-            self._need_sync = True
+            self._unsynced(fields)
             return None
         args: list[str | int] = [self._prefix, self.node_id, "d"]
         for field, delta, info in entries:
             args += [field, delta, info]
         d = self.link.run_script(APPLY, args, timeout=self.options.requests_timeout)
         d.addCallback(lambda reply: _transitions(reply[1:]))
-        d.addErrback(self._script_failed)
+        d.addErrback(self._script_failed, fields)
         return d
 
-    def _script_failed(self, failure: Failure) -> None:
+    def _unsynced(self, fields: Iterable[str]) -> None:
+        """
+        Changes the cluster did not hear about: the next sync writes them.
+        """
         self._need_sync = True
+        self._dirty.update(f for f in fields if f.startswith("p"))
+
+    def _script_failed(self, failure: Failure, fields: Iterable[str] = ()) -> None:
+        self._unsynced(fields)
         self.log.debug("Cluster update failed: {why}", why=failure.getErrorMessage())
         return None
 
@@ -645,7 +688,7 @@ class RedisAdapter(Service):
         self._bump(p_field, 1, info)
         self._socket_members.setdefault(socket_id, {})[channel] = member.user_id
         if not self.link.commands.up:
-            self._need_sync = True
+            self._unsynced([p_field])
             return succeed(outcome)
         j = self.link.run_script(
             JOIN,
@@ -665,7 +708,7 @@ class RedisAdapter(Service):
             )
 
         def local_decision(f: Failure) -> SubscribeOutcome:
-            self._script_failed(f)
+            self._script_failed(f, [p_field])
             return outcome
 
         return j.addCallbacks(joined, local_decision)
@@ -782,6 +825,7 @@ class RedisAdapter(Service):
         )
         if force_sync or self._need_sync:
             self._sync()
+        self._release_held()
 
         def beat(reply: list[Any]) -> None:
             known, dead = int(reply[0]), [_text(n) for n in reply[1]]
@@ -800,6 +844,7 @@ class RedisAdapter(Service):
         nodes about member changes they missed.
         """
         self._need_sync = False
+        dirty, self._dirty = self._dirty, set()
         args: list[str | int] = [self._prefix, self.node_id, "s"]
         for field, count in self._counts.items():
             args += [field, count, self._infos.get(field, "")]
@@ -812,9 +857,49 @@ class RedisAdapter(Service):
                     "Resynced this node's state with Redis ({n} cluster changes)",
                     n=len(transitions),
                 )
-            self._announce(transitions, to_self=False, report=False)
+            if int(reply[0]) != 2:
+                # Redis lost its data, or only this node's link dropped:
+                # the other nodes already know every member but those that
+                # changed here meanwhile.
+                transitions = [
+                    t
+                    for t in transitions
+                    if t.user_id is not None and _p_field(t.app_id, t.channel, t.user_id) in dirty
+                ]
+            if transitions:
+                self._held += transitions
+                if self._held_since is None:
+                    self._held_since = self.clock.seconds()
+                self._release_held()
 
-        d.addCallbacks(synced, self._script_failed)
+        def failed(f: Failure) -> None:
+            self._script_failed(f, dirty)
+
+        d.addCallbacks(synced, failed)
+
+    def _release_held(self) -> None:
+        """
+        Announce held member events once as many nodes listen on the bus as
+        are registered, or after C{node_timeout} at the latest.
+        """
+        if not self._held or not self.link.commands.up:
+            return
+        listening = self.link.command(
+            "PUBSUB", "NUMSUB", self.link.channel, timeout=self.options.requests_timeout
+        )
+        registered = self.link.command(
+            "ZCARD", self._prefix + "nodes", timeout=self.options.requests_timeout
+        )
+
+        async def check() -> None:
+            subscribers = int((await listening)[1])
+            nodes = int(await registered)
+            waited = self.clock.seconds() - (self._held_since or 0.0)
+            if self._held and (subscribers >= nodes or waited >= self.options.node_timeout):
+                held, self._held, self._held_since = self._held, [], None
+                self._announce(held, to_self=False, report=False)
+
+        Deferred.fromCoroutine(check()).addErrback(self._script_failed)
 
     def _purge(self, node: str) -> None:
         """
@@ -913,3 +998,60 @@ def _to_int(reply: Any) -> int:
     if isinstance(reply, tuple):
         return int(reply[1])
     return int(reply) if reply is not None else 0
+
+
+@attrs.frozen
+class RedisServer:
+    """
+    Where Redis is, from a C{redis://} URL.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int | None = None
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_redis_url(url: str) -> RedisServer:
+    """
+    Read C{redis://[user[:password]@]host[:port][/db]}. C{rediss://} (TLS)
+    and Unix sockets are refused with a clear message.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        raise ValueError(f"adapter.redis: unsupported Redis URL scheme {parts.scheme!r} in {url!r}")
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"adapter.redis: the database in {url!r} must be a number")
+    return RedisServer(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 6379,
+        db=int(path) if path else None,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )
+
+
+def redis_adapter_from_config(
+    config: ServerConfig, reactor: Any, local: LocalAdapter | None = None
+) -> RedisAdapter:
+    """
+    Build the adapter for C{adapter.driver: redis}: the URL from
+    C{adapter.redis.redis_pub_options.url}/C{REDIS_URL}, else
+    C{database.redis}; heartbeats from C{adapter.cluster_health}.
+    """
+    adapter_config = config.adapter
+    server = parse_redis_url(adapter_config.redis_url or config.database_redis.url)
+    health = adapter_config.cluster_health
+    options = RedisNodeOptions(
+        prefix=adapter_config.redis_prefix,
+        requests_timeout=adapter_config.redis_requests_timeout_ms / 1000,
+        heartbeat_interval=health.heartbeat_interval_ms / 1000,
+        node_timeout=health.node_timeout_ms / 1000,
+        password=server.password,
+        username=server.username,
+        db=server.db,
+    )
+    endpoint = HostnameEndpoint(reactor, server.host, server.port, timeout=5)
+    return RedisAdapter(reactor, endpoint, options, local=local)
