@@ -280,6 +280,7 @@ class ServerProcess:
     config_path: Path
     _collector: _OutputCollector
     _transport: Any
+    _earlier_logs: bytearray = attrs.field(factory=bytearray)
 
     @classmethod
     async def start(
@@ -296,14 +297,24 @@ class ServerProcess:
         @raise AssertionError: (through C{case.fail}) when it does not come
             up within L{SERVER_START_TIMEOUT} seconds, with its log.
         """
-        from twisted.internet import reactor
 
         port = free_port()
         workdir = Path(tempfile.mkdtemp(prefix="sockudo-interop-"))
         case.addCleanup(shutil.rmtree, workdir, True)
         config_path = workdir / "config.json"
         config_path.write_text(json.dumps(server_config(port, apps, config), indent=2))
-        env = server_environment()
+        server = cls(port, config_path, _OutputCollector(), None)
+        server._spawn()
+        case.addCleanup(server.stop)
+        await server._wait_until_up(case)
+        return server
+
+    def _spawn(self) -> None:
+        """
+        Start one daemon process on L{config_path}.
+        """
+        from twisted.internet import reactor
+
         argv = [
             sys.executable,
             "-c",
@@ -312,16 +323,22 @@ class ServerProcess:
             "--pidfile=",
             "sockudo",
             "--config",
-            str(config_path),
+            str(self.config_path),
         ]
-        collector = _OutputCollector()
-        transport = reactor.spawnProcess(  # type: ignore[attr-defined]
-            collector, sys.executable, argv, env=env, path=str(REPO_ROOT)
+        self._collector = _OutputCollector()
+        self._transport = reactor.spawnProcess(  # type: ignore[attr-defined]
+            self._collector, sys.executable, argv, env=server_environment(), path=str(REPO_ROOT)
         )
-        server = cls(port, config_path, collector, transport)
-        case.addCleanup(server.stop)
-        await server._wait_until_up(case)
-        return server
+
+    async def restart(self, case: TestCase) -> None:
+        """
+        Stop the daemon and start it again on the same port and config, as
+        a deploy does; wait until it answers C{GET /up}.
+        """
+        await self.stop()
+        self._earlier_logs += self._collector.output + self._collector.errors
+        self._spawn()
+        await self._wait_until_up(case)
 
     async def _wait_until_up(self, case: TestCase) -> None:
         """
@@ -355,7 +372,10 @@ class ServerProcess:
         """
         The end of the daemon's stdout and stderr, for failure messages.
         """
-        return (
+        earlier = ""
+        if self._earlier_logs:
+            earlier = f"--- twistd before restart (tail) ---\n{_tail(self._earlier_logs, 20)}\n"
+        return earlier + (
             f"--- twistd stdout (tail) ---\n{_tail(self._collector.output, lines)}\n"
             f"--- twistd stderr (tail) ---\n{_tail(self._collector.errors, lines)}"
         )

@@ -25,7 +25,8 @@
  *   sdk_call      {id, method, args, sdk?}  call a method of that SDK instance
  *   exit          {}
  *
- * Observations (field `type`): ready, state, connected, conn_error, message
+ * Observations (field `type`, plus `t`, ms since start): ready, state,
+ * connected, transport_closed, conn_error, message
  * (every frame pusher-js received, as it parsed it), event (channel
  * bind_global), bound (an individually bound event, with metadata),
  * user_event, watchlist_event, members, client_event_sent, auth,
@@ -41,8 +42,11 @@ const pendingAuth = new Map();
 let authSeq = 0;
 const sdks = new Map();
 
+const started = Date.now();
+
 function emit(obj) {
-  process.stdout.write(JSON.stringify(obj) + '\n');
+  // `t`: milliseconds since the driver started, to read timings in failures.
+  process.stdout.write(JSON.stringify(Object.assign({ t: Date.now() - started }, obj)) + '\n');
 }
 
 function errorText(err) {
@@ -61,7 +65,7 @@ function errorText(err) {
 
 Pusher.logToConsole = false;
 Pusher.log = (message) => {
-  process.stderr.write('[pusher-js] ' + message + '\n');
+  process.stderr.write('[pusher-js ' + (Date.now() - started) + ' ms] ' + message + '\n');
 };
 
 process.on('uncaughtException', (err) => {
@@ -155,6 +159,21 @@ function connect(cmd) {
   });
   pusher.connection.bind('connected', () => {
     emit({ type: 'connected', client: name, socket_id: pusher.connection.socket_id });
+    // The WebSocket close as the transport saw it: code, reason and whether
+    // the closing handshake completed (pusher-js counts unclean early
+    // closes against the transport and may stop using it for a while).
+    const connection = pusher.connection.connection;
+    if (connection && connection.transport) {
+      connection.transport.bind('closed', (close) => {
+        emit({
+          type: 'transport_closed',
+          client: name,
+          code: close ? close.code : null,
+          reason: close ? close.reason : null,
+          was_clean: close && close.wasClean !== undefined ? close.wasClean : null,
+        });
+      });
+    }
   });
   pusher.connection.bind('error', (err) => {
     emit({ type: 'conn_error', client: name, error: errorText(err) });
