@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import socket
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 from klein import Klein
+from prometheus_client import CollectorRegistry
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError
@@ -31,6 +32,16 @@ from sockudo_tw.adapters import IAdapter
 from sockudo_tw.apps import IAppStore, MemoryAppStore
 from sockudo_tw.cache import IChannelCache, MemoryChannelCache
 from sockudo_tw.config import ServerConfig
+from sockudo_tw.hooks import IPusherEvents
+from sockudo_tw.metrics import (
+    MeteredResource,
+    MetricsObserver,
+    PusherMetrics,
+    channels_by_type,
+    metrics_site,
+    open_connections,
+)
+from sockudo_tw.registry import Registry
 from sockudo_tw.web import (
     HealthCheck,
     HealthResource,
@@ -101,10 +112,13 @@ class WebSocketPart:
 
     @ivar resource: mounted at C{/app/}.
     @ivar close_connections: the client-closing step of the shutdown.
+    @ivar connections: open, accepted connections per app id (read by
+        the metrics at scrape time).
     """
 
     resource: IResource
     close_connections: CloseConnections
+    connections: Callable[[], Mapping[str, int]] = dict
 
 
 def _websocket_resource(
@@ -113,6 +127,7 @@ def _websocket_resource(
     app_store: IAppStore,
     adapter: IAdapter | None,
     cache: IChannelCache,
+    observer: IPusherEvents | None = None,
 ) -> WebSocketPart:
     """
     Build the C{/app/} WebSocket resource: the Pusher protocol
@@ -129,8 +144,13 @@ def _websocket_resource(
         activity_timeout=config.activity_timeout,
         user_authentication_timeout=config.user_authentication_timeout,
         max_payload_kb=config.websocket_max_payload_kb,
+        observer=observer,
     )
-    return WebSocketPart(factory.websocket_resource(), factory.close_connections)
+    return WebSocketPart(
+        factory.websocket_resource(),
+        factory.close_connections,
+        lambda: open_connections(factory.protocols),
+    )
 
 
 def _api_resource(
@@ -176,7 +196,9 @@ def _api_resource(
     )
 
 
-def _adapter(config: ServerConfig, reactor: Any) -> tuple[IAdapter | None, HealthCheck]:
+def _adapter(
+    config: ServerConfig, reactor: Any, observer: IPusherEvents | None = None
+) -> tuple[IAdapter | None, HealthCheck]:
     """
     Build the adapter and its health check (owned by the adapter work; the
     local adapter until a cluster adapter is configured).
@@ -187,8 +209,10 @@ def _adapter(config: ServerConfig, reactor: Any) -> tuple[IAdapter | None, Healt
         from sockudo_tw.adapters.redis import redis_adapter_from_config
 
         cluster = redis_adapter_from_config(config, reactor)
+        if observer is not None:
+            cluster.observer = observer
         return cluster, cluster.health
-    return LocalAdapter(), always_healthy
+    return LocalAdapter(observer=observer), always_healthy
 
 
 class SockudoService(MultiService):
@@ -374,8 +398,8 @@ def make_service(
         listeners (C{--listen}).
     @param log_observer: installed into twistd's application, if given.
     @param metrics_resource: served on its own listener at
-        C{metrics.host:metrics.port} when C{metrics.enabled}; L{None} until
-        the metrics module provides it.
+        C{metrics.host:metrics.port} when C{metrics.enabled} instead of
+        the daemon's own metrics (L{None}: a fresh L{PusherMetrics}).
     """
     log = Logger(namespace="sockudo_tw.service")
     warnings = list(config.warnings)
@@ -385,9 +409,27 @@ def make_service(
         )
     app_store = MemoryAppStore(config.app_manager.apps)
     cache = MemoryChannelCache(reactor)
-    adapter, adapter_health = _adapter(config, reactor)
-    websocket = _websocket_resource(config, reactor, app_store, adapter, cache)
+    metrics: PusherMetrics | None = None
+    observer: IPusherEvents | None = None
+    if config.metrics.enabled and metrics_resource is None:
+        metrics = PusherMetrics(
+            CollectorRegistry(), port=config.metrics.port, prefix=config.metrics.prefix
+        )
+        observer = MetricsObserver(metrics)
+    adapter, adapter_health = _adapter(config, reactor, observer)
+    websocket = _websocket_resource(config, reactor, app_store, adapter, cache, observer)
     api = _api_resource(config, reactor, app_store, adapter, cache)
+    if metrics is not None:
+        api = MeteredResource(api, metrics, reactor, app_store)
+        metrics.watch(connections=websocket.connections)
+        # The local adapter's registry, or a cluster adapter's local one.
+        node_index = getattr(getattr(adapter, "local", adapter), "registry", None)
+        if isinstance(node_index, Registry):
+            index = node_index
+            metrics.watch(active_channels=lambda: channels_by_type(index))
+        cluster_links = getattr(adapter, "cluster_links", None)
+        if callable(cluster_links):
+            metrics.watch(cluster_links=cluster_links)
     lifecycle = Lifecycle()
     health = HealthResource(app_store, adapter_health, lifecycle, reactor)
     site = make_site(RootResource(websocket.resource, api, health))
@@ -417,12 +459,16 @@ def make_service(
                 f"tcp:{config.ssl.http_port}:interface={interface}", redirect, reactor=reactor
             )
         )
-    if config.metrics.enabled and metrics_resource is not None:
-        metrics_site = Site(metrics_resource)
+    if config.metrics.enabled:
+        served = (
+            Site(metrics_resource)
+            if metrics_resource is not None
+            else metrics_site(metrics.registry if metrics else CollectorRegistry())
+        )
         interface = escape_strport(config.metrics.host)
         root.add_listener(
             strports.service(
-                f"tcp:{config.metrics.port}:interface={interface}", metrics_site, reactor=reactor
+                f"tcp:{config.metrics.port}:interface={interface}", served, reactor=reactor
             )
         )
     log.debug("Listening on {descriptions}", descriptions=descriptions)

@@ -171,14 +171,15 @@ class ComposeTests(SynchronousTestCase):
 
     def test_embedded_defaults(self) -> None:
         """
-        Without config, one TCP listener on 0.0.0.0:6001.
+        Without config, one TCP listener on 0.0.0.0:6001, plus the metrics
+        listener on 0.0.0.0:9601 (metrics are on by default, as in Sockudo).
         """
         reactor = MemoryReactorClock()
         service = make_service(parse_config(None, {}), reactor)
         service.startService()
-        self.assertEqual(len(reactor.tcpServers), 1)
-        port, _, _, interface = reactor.tcpServers[0]
-        self.assertEqual((port, interface), (6001, "0.0.0.0"))
+        self.assertEqual(
+            [(s[0], s[3]) for s in reactor.tcpServers], [(6001, "0.0.0.0"), (9601, "0.0.0.0")]
+        )
 
     def test_listen_overrides(self) -> None:
         """
@@ -189,7 +190,8 @@ class ComposeTests(SynchronousTestCase):
         config = parse_config({"unix_socket": {"enabled": True, "path": "/run/s.sock"}}, {})
         service = make_service(config, reactor, listen=["tcp:7001:interface=127.0.0.1", "tcp:7002"])
         service.startService()
-        self.assertEqual([s[0] for s in reactor.tcpServers], [7001, 7002])
+        # The metrics listener (9601) is not a main listener: --listen keeps it.
+        self.assertEqual([s[0] for s in reactor.tcpServers], [7001, 7002, 9601])
         self.assertEqual(reactor.unixServers, [])
         self.assertIs(reactor.tcpServers[0][1], reactor.tcpServers[1][1])
 
@@ -204,7 +206,8 @@ class ComposeTests(SynchronousTestCase):
         self.assertEqual(config_listeners(config), ["unix:/run/a\\:b.sock:mode=755:lockfile=1"])
         reactor = MemoryReactorClock()
         make_service(config, reactor).startService()
-        self.assertEqual(reactor.tcpServers, [])
+        # Only the metrics listener (on by default) is TCP.
+        self.assertEqual([s[0] for s in reactor.tcpServers], [9601])
         (server,) = reactor.unixServers
         self.assertEqual((server[0], server[3], server[4]), ("/run/a:b.sock", 0o755, True))
 

@@ -103,7 +103,8 @@ class OptionsTests(SynchronousTestCase):
         service = makeService(options)
         self.assertIsInstance(service, SockudoService)
         self.assertFalse(service.running)
-        self.assertEqual(len(list(service)), 1)
+        # The --listen listener and the metrics listener (on by default).
+        self.assertEqual(len(list(service)), 2)
 
 
 class SystemdTests(SynchronousTestCase):
