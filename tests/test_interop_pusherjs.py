@@ -888,3 +888,158 @@ class PusherJsEdgeTests(TestCase):
         await fx.settle()
         received = fx.node.matching(lambda o: o["type"] == "event" and o["event"] == "to-all")
         self.assertEqual(sorted(o["client"] for o in received), sorted(clients))
+
+
+class PusherJsForgeryTests(TestCase):
+    """
+    Authorisations that are genuine but do not fit the subscription: another
+    socket's token, another channel's token, tampered presence or user data.
+    The server must refuse each one while keeping the connection.
+    """
+
+    timeout = 60
+
+    async def test_tokens_that_do_not_fit_are_refused(self) -> None:
+        """
+        A private token made for another socket id or another channel, and a
+        presence token whose C{channel_data} was changed after signing, never
+        lead to C{subscription_succeeded}; the honest subscription on the
+        same connection still works.
+        """
+        fx = await Interop.start(self)
+        victim = await fx.connect("victim")
+        thief = await fx.connect("thief", auth="ask")
+
+        async def sign(*args: Any) -> dict[str, Any]:
+            result = await fx.node.call_sdk("authorizeChannel", *args)
+            self.assertTrue(result["ok"], result)
+            body: dict[str, Any] = result["body"]
+            return body
+
+        stolen = await sign(victim, "private-stolen")
+        forged: dict[str, dict[str, Any]] = {
+            "private-stolen": stolen,
+            "private-wrong-channel": await sign(thief, "private-elsewhere"),
+        }
+        for channel, token in forged.items():
+            fx.node.send(op="subscribe", client="thief", channel=channel, bind=[])
+            await fx.node.answer_auth("thief", "channel", lambda r, t=token: t)
+
+        fx.node.send(op="subscribe", client="thief", channel="presence-tampered", bind=[])
+
+        async def tamper() -> None:
+            request = await fx.node.wait_for(
+                match("auth_request", "thief", channel="presence-tampered"), "presence auth"
+            )
+            honest = await sign(
+                request["socket_id"], "presence-tampered", {"user_id": "nobody", "user_info": {}}
+            )
+            honest["channel_data"] = json.dumps({"user_id": "admin", "user_info": {}})
+            fx.node.send(op="auth_response", req=request["req"], auth=honest)
+
+        await tamper()
+
+        fx.node.send(op="subscribe", client="thief", channel="private-honest", bind=[])
+        request = await fx.node.wait_for(
+            match("auth_request", "thief", channel="private-honest"), "honest auth"
+        )
+        honest = await sign(request["socket_id"], "private-honest")
+        fx.node.send(op="auth_response", req=request["req"], auth=honest)
+        await fx.event("thief", "private-honest", "pusher:subscription_succeeded")
+        await fx.settle(0.5)
+        succeeded = {
+            o["channel"]
+            for o in fx.node.matching(
+                match("event", "thief", event="pusher:subscription_succeeded")
+            )
+        }
+        self.assertEqual(succeeded, {"private-honest"}, fx.node.report())
+        errors = fx.node.matching(match("message", "thief", event="pusher:error"))
+        self.assertGreaterEqual(len(errors), 3, fx.node.report())
+        self.assertEqual(fx.node.matching(match("state", "thief", previous="connected")), [])
+
+    async def test_tampered_user_data_is_refused(self) -> None:
+        """
+        A sign-in whose C{user_data} was changed after signing gets no
+        C{signin_success}.
+        """
+        fx = await Interop.start(self)
+        await fx.connect("a", auth="ask")
+        fx.node.send(op="signin", client="a")
+        request = await fx.node.wait_for(match("auth_request", "a", kind="user"), "user auth")
+        signed = await fx.node.call_sdk("authenticateUser", request["socket_id"], {"id": "guest"})
+        token = dict(signed["body"])
+        token["user_data"] = json.dumps({"id": "admin"})
+        fx.node.send(op="auth_response", req=request["req"], auth=token)
+        await fx.node.wait_for(
+            lambda o: (
+                o.get("client") == "a"
+                and (
+                    (o["type"] == "message" and o["event"] == "pusher:error")
+                    or (o["type"] == "state" and o["previous"] == "connected")
+                )
+            ),
+            "an error or a close for tampered user data",
+        )
+        await fx.settle()
+        self.assertEqual(fx.node.matching(match("message", "a", event="pusher:signin_success")), [])
+
+
+class PusherJsChurnTests(TestCase):
+    """
+    Quick sequences real UIs produce.
+    """
+
+    timeout = 60
+
+    async def test_presence_leave_and_rejoin_at_once(self) -> None:
+        """
+        Unsubscribing and resubscribing to a presence channel in the same
+        tick (a UI re-render) leaves both members seeing each other.
+        """
+        fx = await Interop.start(self)
+        channel = "presence-flap"
+        await fx.connect("a", presence={"user_id": "fa", "user_info": {}})
+        await fx.connect("b", presence={"user_id": "fb", "user_info": {}})
+        await fx.subscribe("a", channel)
+        await fx.subscribe("b", channel)
+        fx.node.send(op="unsubscribe", client="b", channel=channel)
+        fx.node.send(op="subscribe", client="b", channel=channel, bind=[])
+        await fx.node.wait_count(
+            match("event", "b", channel=channel, event="pusher:subscription_succeeded"),
+            2,
+            "b's second subscription_succeeded",
+        )
+        await fx.settle(0.5)
+        for client, other in (("a", "fb"), ("b", "fa")):
+            fx.node.send(op="members", client=client, channel=channel)
+            snapshot = await fx.node.wait_count(
+                match("members", client, channel=channel, after=None), 1, f"{client}'s members"
+            )
+            ids = [m["id"] for m in snapshot[-1]["members"]]
+            self.assertIn(other, ids, fx.node.report())
+            self.assertEqual(snapshot[-1]["count"], 2, fx.node.report())
+        users = await fx.node.call_sdk("get", {"path": f"/channels/{channel}/users"})
+        self.assertEqual(
+            sorted(u["id"] for u in users["body"]["users"]), ["fa", "fb"], fx.node.report()
+        )
+
+    async def test_trigger_to_one_hundred_channels(self) -> None:
+        """
+        One trigger to 100 channels (Pusher's limit) reaches a client
+        subscribed to all of them, once per channel.
+        """
+        fx = await Interop.start(self)
+        channels = [f"many-{i}" for i in range(100)]
+        await fx.connect("a")
+        for channel in channels:
+            fx.node.send(op="subscribe", client="a", channel=channel, bind=[])
+        await fx.node.wait_count(
+            match("event", "a", event="pusher:subscription_succeeded"), 100, "100 subscriptions"
+        )
+        result = await fx.node.call_sdk("trigger", channels, "fan", {"n": 100})
+        self.assertEqual(result["status"], 200, result)
+        await fx.node.wait_count(match("event", "a", event="fan"), 100, "100 events")
+        await fx.settle()
+        received = fx.node.matching(match("event", "a", event="fan"))
+        self.assertEqual(sorted(o["channel"] for o in received), sorted(channels))
