@@ -100,6 +100,11 @@ class IPusherEvents(Interface):
         C{recipients} local sockets.
         """
 
+    def slow_consumer_closed(app_id: str, socket_id: str) -> None:
+        """
+        A connection was closed (4100) because its outbound buffer was full.
+        """
+
 
 @implementer(IPusherEvents)
 class NoPusherEvents:
@@ -159,4 +164,7 @@ class NoPusherEvents:
         pass
 
     def broadcast_delivered(self, app_id: str, channel: str, size: int, recipients: int) -> None:
+        pass
+
+    def slow_consumer_closed(self, app_id: str, socket_id: str) -> None:
         pass

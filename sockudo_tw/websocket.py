@@ -481,6 +481,8 @@ class PusherProtocol(WebSocketServerProtocol):
         )
         self._backpressure.buffered = 0
         self._backpressure.paused = False
+        if self.session is not None:
+            self.factory.observer.slow_consumer_closed(self.session.app.id, self.socket_id)
         # The close frame moves the state to closing, so nothing more is
         # written; Autobahn's close handshake timeout then drops the TCP
         # connection if the client never reads it.
