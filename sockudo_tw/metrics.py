@@ -51,6 +51,7 @@ from sockudo_tw.apps import IAppStore
 from sockudo_tw.hooks import IPusherEvents, NoPusherEvents
 from sockudo_tw.pusher.channels import ChannelType, channel_type
 from sockudo_tw.pusher.errors import PusherErrorCode
+from sockudo_tw.webhooks import IWebhookMetrics
 
 __all__ = [
     "CONNECTION_ERROR_TYPES",
@@ -62,6 +63,7 @@ __all__ = [
     "MetricsObserver",
     "MetricsResource",
     "PusherMetrics",
+    "WebhookMetrics",
     "channel_type_label",
     "channels_by_type",
     "generate_text",
@@ -967,6 +969,12 @@ class MetricsObserver(NoPusherEvents):
         """
         self._app(app_id).messages_sent(size)
 
+    def slow_consumer_closed(self, app_id: str, socket_id: str) -> None:
+        """
+        Count a connection closed for a full outbound buffer.
+        """
+        self._app(app_id).outbound_buffer_closed()
+
     def broadcast_delivered(self, app_id: str, channel: str, size: int, recipients: int) -> None:
         """
         Count a broadcast as C{recipients} messages of C{size} bytes, and
@@ -975,6 +983,37 @@ class MetricsObserver(NoPusherEvents):
         app = self._app(app_id)
         app.messages_sent(size, recipients)
         app.broadcast(channel_type_label(channel_type(channel)), recipients)
+
+
+@implementer(IWebhookMetrics)
+class WebhookMetrics:
+    """
+    Webhook delivery counts for L{sockudo_tw.webhooks.WebhookSender}:
+    C{webhooks_sent_total} per request delivered, C{webhooks_failed_total}
+    per request given up, C{webhook_retries_total} per failed attempt (each
+    is retried with back-off unless the request is then given up).
+    """
+
+    def __init__(self, metrics: PusherMetrics) -> None:
+        self._app = metrics.app
+
+    def delivered(self, app_id: str, events: int, attempts: int) -> None:
+        """
+        Count a delivered request.
+        """
+        self._app(app_id or UNKNOWN_APP).webhook_sent()
+
+    def attempt_failed(self, app_id: str, reason: str) -> None:
+        """
+        Count a failed attempt.
+        """
+        self._app(app_id or UNKNOWN_APP).webhook_retried()
+
+    def dropped(self, app_id: str, events: int, reason: str) -> None:
+        """
+        Count a request given up on.
+        """
+        self._app(app_id or UNKNOWN_APP).webhook_failed()
 
 
 class _BareCounterSpy:

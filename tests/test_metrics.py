@@ -33,6 +33,7 @@ from sockudo_tw.metrics import (
     MetricsObserver,
     MetricsResource,
     PusherMetrics,
+    WebhookMetrics,
     channel_type_label,
     channels_by_type,
     generate_text,
@@ -45,6 +46,7 @@ from sockudo_tw.metrics import (
 from sockudo_tw.pusher.app import App
 from sockudo_tw.pusher.channels import channel_type
 from sockudo_tw.registry import Registry
+from sockudo_tw.webhooks import IWebhookMetrics
 
 _BASE = frozenset({"app_id", "port"})
 
@@ -676,17 +678,20 @@ class ObserverTests(SynchronousTestCase):
     def test_messages(self) -> None:
         """
         Messages in, single frames out and broadcasts (size times recipients)
-        count as messages and bytes; a broadcast also counts its fan-out.
+        count as messages and bytes; a broadcast also counts its fan-out; a
+        slow consumer closed counts as an outbound-buffer close.
         """
         self.observer.message_received("a", 30)
         self.observer.message_sent("a", 10)
         self.observer.broadcast_delivered("a", "news", 100, 4)
+        self.observer.slow_consumer_closed("a", "1.1")
         result = scrape(self.registry)
         self.assertEqual(result.value("sockudo_ws_messages_received_total"), 1)
         self.assertEqual(result.value("sockudo_socket_received_bytes"), 30)
         self.assertEqual(result.value("sockudo_ws_messages_sent_total"), 5)
         self.assertEqual(result.value("sockudo_socket_transmitted_bytes"), 410)
         self.assertEqual(result.value("sockudo_broadcast_fanout_size_sum"), 4)
+        self.assertEqual(result.value("sockudo_outbound_buffer_closes_total"), 1)
 
 
 class _Echo(Resource):
@@ -869,3 +874,28 @@ class SourceTests(SynchronousTestCase):
         result = scrape(registry)
         self.assertEqual(result.value("sockudo_connected", app_id="a"), 9)
         self.assertEqual(result.value("sockudo_webhook_queue_depth"), 3)
+
+
+class WebhookMetricsTests(SynchronousTestCase):
+    """
+    L{WebhookMetrics} counts webhook delivery for the sender.
+    """
+
+    def test_counts(self) -> None:
+        """
+        Deliveries, failed attempts and given-up requests count per app; a
+        malformed job (no app) counts under C{unknown}.
+        """
+        registry = CollectorRegistry()
+        webhooks = WebhookMetrics(PusherMetrics(registry))
+        self.assertTrue(verifyObject(IWebhookMetrics, webhooks))
+        webhooks.attempt_failed("a", "timeout")
+        webhooks.attempt_failed("a", "503")
+        webhooks.delivered("a", events=3, attempts=3)
+        webhooks.dropped("a", 1, "retries_exhausted")
+        webhooks.dropped("", 0, "malformed")
+        result = scrape(registry)
+        self.assertEqual(result.value("sockudo_webhooks_sent_total", app_id="a"), 1)
+        self.assertEqual(result.value("sockudo_webhook_retries_total", app_id="a"), 2)
+        self.assertEqual(result.value("sockudo_webhooks_failed_total", app_id="a"), 1)
+        self.assertEqual(result.value("sockudo_webhooks_failed_total", app_id=UNKNOWN_APP), 1)

@@ -247,3 +247,26 @@ class ChurnTests(SynchronousTestCase):
             result.value("sockudo_active_channels", app_id="open", channel_type="public"), 0
         )
         self.assertEqual(result.value("sockudo_new_disconnections_total", app_id="open"), 600)
+
+    def test_slow_consumer(self) -> None:
+        """
+        A client that stops reading is closed 4100 once its outbound buffer
+        is full: counted as an outbound-buffer close, and no longer
+        connected once its socket is gone.
+        """
+        node = Node()
+        node.factory.max_buffer_bytes = 5_000
+        slow, fast = node.connect("open-key"), node.connect("open-key")
+        node.live["open"] += [slow, fast]
+        for client in (slow, fast):
+            client.send({"event": "pusher:subscribe", "data": {"channel": "news"}})
+        slow.transport.producer.pauseProducing()
+        frame = b'{"event":"e","channel":"news","data":"' + b"x" * 1000 + b'"}'
+        for _ in range(8):
+            node.adapter.broadcast("open", "news", frame, None)
+        node.settle()
+        self.assertEqual(slow.close_code, 4100)
+        self.assertEqual(node.live["open"], [fast])
+        result = scrape(node.registry)
+        self.assertEqual(result.value("sockudo_outbound_buffer_closes_total", app_id="open"), 1)
+        self.assertEqual(result.value("sockudo_connected", app_id="open"), 1)
