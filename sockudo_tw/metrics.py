@@ -51,14 +51,17 @@ from sockudo_tw.apps import IAppStore
 from sockudo_tw.hooks import IPusherEvents, NoPusherEvents
 from sockudo_tw.pusher.channels import ChannelType, channel_type
 from sockudo_tw.pusher.errors import PusherErrorCode
+from sockudo_tw.ratelimit import IRateLimiter, RateLimitResult
 from sockudo_tw.webhooks import IWebhookMetrics
 
 __all__ = [
     "CONNECTION_ERROR_TYPES",
     "CONTENT_TYPE",
     "DEFAULT_PREFIX",
+    "GLOBAL_APP",
     "UNKNOWN_APP",
     "AppMetrics",
+    "MeteredRateLimiter",
     "MeteredResource",
     "MetricsObserver",
     "MetricsResource",
@@ -84,6 +87,12 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: The C{app_id} label for connection errors before an app is known (unknown
 #: key): a fixed value, so that random keys cannot grow the series set.
 UNKNOWN_APP = "unknown"
+
+#: The C{app_id} label of node-wide counts (Sockudo's IP rate limiter).
+GLOBAL_APP = "global"
+
+# Label values that are not apps: no connection or channel gauges for them.
+_PSEUDO_APPS = frozenset({UNKNOWN_APP, GLOBAL_APP})
 
 #: Sockudo's C{error_type} values for C{connection_errors_total}.
 CONNECTION_ERROR_TYPES = (
@@ -650,7 +659,7 @@ class PusherMetrics:
         counts = self._read(self._connections, "connections")
         if counts is not None:
             family = self._family("connected", "The number of currently connected sockets", "gauge")
-            ids = dict.fromkeys(app.app_id for app in apps)
+            ids = dict.fromkeys(app.app_id for app in apps if app.app_id not in _PSEUDO_APPS)
             ids.update(dict.fromkeys(counts))
             for app_id in ids:
                 family.add_sample(family.name, self._labels(app_id), float(counts.get(app_id, 0)))
@@ -659,7 +668,7 @@ class PusherMetrics:
         channels = self._read(self._active_channels, "active_channels")
         if channels is not None:
             family = self._family("active_channels", "Number of currently active channels", "gauge")
-            ids = dict.fromkeys(app.app_id for app in apps)
+            ids = dict.fromkeys(app.app_id for app in apps if app.app_id not in _PSEUDO_APPS)
             ids.update(dict.fromkeys(channels))
             for app_id in ids:
                 by_type = channels.get(app_id, {})
@@ -1014,6 +1023,44 @@ class WebhookMetrics:
         Count a request given up on.
         """
         self._app(app_id or UNKNOWN_APP).webhook_failed()
+
+
+@implementer(IRateLimiter)
+class MeteredRateLimiter:
+    """
+    A rate limiter counting Sockudo's C{rate_limit_checks_total} and
+    C{rate_limit_triggered_total} for one C{limiter_type} and
+    C{request_context} (e.g. C{api_rate_limit}/C{http_api} under app id
+    C{global}, as Sockudo labels its IP limiter).
+    """
+
+    def __init__(
+        self,
+        limiter: IRateLimiter,
+        counts: AppMetrics,
+        limiter_type: str,
+        request_context: str,
+    ) -> None:
+        self._limiter = limiter
+        self._counts = counts
+        self._limiter_type = limiter_type
+        self._request_context = request_context
+
+    def hit(
+        self, key: str, max_requests: int, window_seconds: float, cost: int = 1
+    ) -> Deferred[RateLimitResult]:
+        """
+        Ask the wrapped limiter, then count the check and its outcome.
+        """
+
+        def count(result: RateLimitResult) -> RateLimitResult:
+            self._counts.rate_limit_check(
+                self._limiter_type, self._request_context, not result.allowed
+            )
+            return result
+
+        d: Deferred[RateLimitResult] = self._limiter.hit(key, max_requests, window_seconds, cost)
+        return d.addCallback(count)
 
 
 class _BareCounterSpy:

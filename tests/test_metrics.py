@@ -27,8 +27,10 @@ from sockudo_tw.hooks import IPusherEvents
 from sockudo_tw.metrics import (
     CONNECTION_ERROR_TYPES,
     CONTENT_TYPE,
+    GLOBAL_APP,
     UNKNOWN_APP,
     AppMetrics,
+    MeteredRateLimiter,
     MeteredResource,
     MetricsObserver,
     MetricsResource,
@@ -45,6 +47,7 @@ from sockudo_tw.metrics import (
 )
 from sockudo_tw.pusher.app import App
 from sockudo_tw.pusher.channels import channel_type
+from sockudo_tw.ratelimit import MemoryRateLimiter
 from sockudo_tw.registry import Registry
 from sockudo_tw.webhooks import IWebhookMetrics
 
@@ -899,3 +902,33 @@ class WebhookMetricsTests(SynchronousTestCase):
         self.assertEqual(result.value("sockudo_webhook_retries_total", app_id="a"), 2)
         self.assertEqual(result.value("sockudo_webhooks_failed_total", app_id="a"), 1)
         self.assertEqual(result.value("sockudo_webhooks_failed_total", app_id=UNKNOWN_APP), 1)
+
+
+class MeteredRateLimiterTests(SynchronousTestCase):
+    """
+    L{MeteredRateLimiter} counts checks and refusals of the limiter it
+    wraps.
+    """
+
+    def test_counts(self) -> None:
+        """
+        Three hits against a limit of two: three checks, one triggered,
+        under Sockudo's labels for the IP limiter; the wrapped limiter's
+        answers pass through unchanged; no connection gauge for C{global}.
+        """
+        registry = CollectorRegistry()
+        metrics = PusherMetrics(registry)
+        limiter = MeteredRateLimiter(
+            MemoryRateLimiter(Clock()), metrics.app(GLOBAL_APP), "api_rate_limit", "http_api"
+        )
+        allowed = [self.successResultOf(limiter.hit("1.2.3.4", 2, 60)).allowed for _ in range(3)]
+        self.assertEqual(allowed, [True, True, False])
+        result = scrape(registry)
+        labels = {
+            "app_id": "global",
+            "limiter_type": "api_rate_limit",
+            "request_context": "http_api",
+        }
+        self.assertEqual(result.value("sockudo_rate_limit_checks_total", **labels), 3)
+        self.assertEqual(result.value("sockudo_rate_limit_triggered_total", **labels), 1)
+        self.assertEqual(result.family("sockudo_connected"), [])
