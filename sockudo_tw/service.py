@@ -34,6 +34,8 @@ from sockudo_tw.cache import IChannelCache, MemoryChannelCache
 from sockudo_tw.config import ServerConfig
 from sockudo_tw.hooks import IPusherEvents
 from sockudo_tw.metrics import (
+    GLOBAL_APP,
+    MeteredRateLimiter,
     MeteredResource,
     MetricsObserver,
     PusherMetrics,
@@ -159,15 +161,22 @@ def _api_resource(
     app_store: IAppStore,
     adapter: IAdapter | None,
     cache: IChannelCache,
+    metrics: PusherMetrics | None = None,
 ) -> IResource:
     """
     Build the REST API resource: L{sockudo_tw.api.PusherApi} behind the
     C{rate_limiter.api_rate_limit} IP limiter (memory backend) when the
-    limiter is enabled. Without an adapter there is nothing to deliver
-    through, so it answers 404 until the adapter is wired.
+    limiter is enabled, its checks counted in C{metrics} if given. Without
+    an adapter there is nothing to deliver through, so it answers 404 until
+    the adapter is wired.
     """
     from sockudo_tw.api import PusherApi
-    from sockudo_tw.ratelimit import MemoryRateLimiter, RateLimitedResource, RateLimitRule
+    from sockudo_tw.ratelimit import (
+        IRateLimiter,
+        MemoryRateLimiter,
+        RateLimitedResource,
+        RateLimitRule,
+    )
 
     if adapter is None:
         stub: IResource = Klein().resource()
@@ -189,9 +198,14 @@ def _api_resource(
     if not config.rate_limiter.enabled:
         return resource
     rule = config.rate_limiter.api_rate_limit
+    ip_limiter: IRateLimiter = limiter
+    if metrics is not None:
+        ip_limiter = MeteredRateLimiter(
+            limiter, metrics.app(GLOBAL_APP), "api_rate_limit", "http_api"
+        )
     return RateLimitedResource(
         resource,
-        limiter,
+        ip_limiter,
         RateLimitRule(rule.max_requests, rule.window_seconds, rule.identifier, rule.trust_hops),
     )
 
@@ -418,7 +432,7 @@ def make_service(
         observer = MetricsObserver(metrics)
     adapter, adapter_health = _adapter(config, reactor, observer)
     websocket = _websocket_resource(config, reactor, app_store, adapter, cache, observer)
-    api = _api_resource(config, reactor, app_store, adapter, cache)
+    api = _api_resource(config, reactor, app_store, adapter, cache, metrics)
     if metrics is not None:
         api = MeteredResource(api, metrics, reactor, app_store)
         metrics.watch(connections=websocket.connections)

@@ -87,6 +87,36 @@ class ComposeTests(SynchronousTestCase):
         self.assertIn(b"# TYPE pusher_connected gauge", body)
         self.assertNotIn(b"sockudo_", body)
 
+    def test_rate_limit_and_api(self) -> None:
+        """
+        REST calls through the daemon's site are counted, and so are the
+        IP limiter's checks and refusals (app id C{global}, as in Sockudo).
+        """
+        from treq.testing import StubTreq
+
+        reactor = MemoryReactorClock()
+        conf = parse_config(
+            {
+                "metrics": {"enabled": True, "port": 9614},
+                "rate_limiter": {"enabled": True, "api_rate_limit": {"max_requests": 1}},
+                "app_manager": {"array": {"apps": [APP]}},
+            },
+            {},
+        )
+        make_service(conf, reactor).startService()
+        main = StubTreq(reactor.tcpServers[0][1].resource)
+        codes = [
+            self.successResultOf(main.get("http://s/apps/app-id/channels")).code for _ in range(2)
+        ]
+        self.assertEqual(codes[1], 429)
+        metrics = StubTreq(next(s[1] for s in reactor.tcpServers if s[0] == 9614).resource)
+        response = self.successResultOf(metrics.get("http://m/metrics"))
+        result = Scrape.parse(self.successResultOf(metrics.content(response)))
+        labels = {"app_id": "global", "limiter_type": "api_rate_limit"}
+        self.assertEqual(result.value("sockudo_rate_limit_checks_total", **labels), 2)
+        self.assertEqual(result.value("sockudo_rate_limit_triggered_total", **labels), 1)
+        self.assertEqual(result.value("sockudo_http_calls_received_total", app_id="app-id"), 2)
+
     def test_disabled(self) -> None:
         """
         Disabled, nothing listens on the metrics port (Sockudo starts no
