@@ -212,9 +212,13 @@ class RateLimit:
 class RateLimiterConfig:
     """
     C{rate_limiter}: limits on the HTTP API and on WebSocket connects.
+
+    Off unless configured (Sockudo's code turns it on, its shipped config turns
+    it off): a per-IP limit of 100 requests a minute would silently throttle
+    an app server publishing from one address, or every client behind nginx.
     """
 
-    enabled: bool = True
+    enabled: bool = False
     driver: str = "memory"
     api_rate_limit: RateLimit = RateLimit(100, 60, "api")
     websocket_rate_limit: RateLimit = RateLimit(20, 60, "websocket_connect")
@@ -774,7 +778,7 @@ def _parse_file_tree(data: Mapping[str, Any], warnings: list[str]) -> ServerConf
     limiter_redis = limiter.section("redis")
     limiter_defaults = RateLimiterConfig()
     limiter_config = RateLimiterConfig(
-        enabled=limiter.boolean("enabled", True),
+        enabled=limiter.boolean("enabled", limiter_defaults.enabled),
         driver=limiter.choice("driver", "memory", CACHE_DRIVERS),
         api_rate_limit=rate_limit("api_rate_limit", limiter_defaults.api_rate_limit),
         websocket_rate_limit=rate_limit(

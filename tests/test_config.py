@@ -56,6 +56,7 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(config.cache.driver, "memory")
         self.assertEqual(config.queue.driver, "memory")
         self.assertEqual(config.rate_limiter.driver, "memory")
+        self.assertFalse(config.rate_limiter.enabled)
         self.assertEqual(config.app_manager.apps, (App("app-id", "app-key", "app-secret"),))
         self.assertFalse(config.debug)
         self.assertEqual(config.warnings, ())
@@ -241,7 +242,7 @@ class EnvironmentTests(SynchronousTestCase):
             "CACHE_DRIVER": "redis",
             "QUEUE_DRIVER": "redis",
             "APP_MANAGER_DRIVER": "postgres",
-            "RATE_LIMITER_ENABLED": "off",
+            "RATE_LIMITER_ENABLED": "on",
             "RATE_LIMITER_API_MAX_REQUESTS": "5",
             "METRICS_ENABLED": "false",
             "METRICS_PORT": "9700",
@@ -261,7 +262,7 @@ class EnvironmentTests(SynchronousTestCase):
         self.assertEqual(config.cache.driver, "redis")
         self.assertEqual(config.queue.driver, "redis")
         self.assertEqual(config.app_manager.driver, "pgsql")
-        self.assertFalse(config.rate_limiter.enabled)
+        self.assertTrue(config.rate_limiter.enabled)
         self.assertEqual(config.rate_limiter.api_rate_limit.max_requests, 5)
         self.assertFalse(config.metrics.enabled)
         self.assertEqual(config.metrics.port, 9700)
