@@ -445,7 +445,10 @@ def make_service(
         if callable(cluster_links):
             metrics.watch(cluster_links=cluster_links)
     lifecycle = Lifecycle()
-    health = HealthResource(app_store, adapter_health, lifecycle, reactor)
+    health: IResource = HealthResource(app_store, adapter_health, lifecycle, reactor)
+    if metrics is not None:
+        # Sockudo counts /up as an API call too.
+        health = MeteredResource(health, metrics, reactor, app_store)
     site = make_site(RootResource(websocket.resource, api, health))
 
     root = SockudoService(

@@ -182,7 +182,7 @@ class RootResource(Resource):
     The root of every listener's C{Site}.
     """
 
-    def __init__(self, websocket: IResource, api: IResource, health: HealthResource) -> None:
+    def __init__(self, websocket: IResource, api: IResource, health: IResource) -> None:
         super().__init__()
         self._websocket = websocket
         self._api = api

@@ -116,6 +116,12 @@ class ComposeTests(SynchronousTestCase):
         self.assertEqual(result.value("sockudo_rate_limit_checks_total", **labels), 2)
         self.assertEqual(result.value("sockudo_rate_limit_triggered_total", **labels), 1)
         self.assertEqual(result.value("sockudo_http_calls_received_total", app_id="app-id"), 2)
+        # /up/{id} counts as a call of that app (Sockudo counts /up too).
+        up = self.successResultOf(main.get("http://s/up/app-id"))
+        self.assertEqual(up.code, 200)
+        response = self.successResultOf(metrics.get("http://m/metrics"))
+        result = Scrape.parse(self.successResultOf(metrics.content(response)))
+        self.assertEqual(result.value("sockudo_http_calls_received_total", app_id="app-id"), 3)
 
     def test_disabled(self) -> None:
         """
