@@ -100,6 +100,12 @@ class IPusherEvents(Interface):
         C{recipients} local sockets.
         """
 
+    def broadcast_timed(app_id: str, channel: str, recipients: int, seconds: float) -> None:
+        """
+        The adapter's local fan-out of one broadcast (framing and writing
+        to C{recipients} sockets) took C{seconds}.
+        """
+
     def slow_consumer_closed(app_id: str, socket_id: str) -> None:
         """
         A connection was closed (4100) because its outbound buffer was full.
@@ -164,6 +170,9 @@ class NoPusherEvents:
         pass
 
     def broadcast_delivered(self, app_id: str, channel: str, size: int, recipients: int) -> None:
+        pass
+
+    def broadcast_timed(self, app_id: str, channel: str, recipients: int, seconds: float) -> None:
         pass
 
     def slow_consumer_closed(self, app_id: str, socket_id: str) -> None:

@@ -9,6 +9,7 @@ bytes to each subscriber.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,10 +46,15 @@ class LocalAdapter:
         self,
         observer: IPusherEvents | None = None,
         framer: Callable[[bytes], bytes] = text_frame,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """
+        @param timer: measures each broadcast's local fan-out (seconds).
+        """
         self.registry: Registry[ILocalSocket] = Registry()
         self.observer: IPusherEvents = observer if observer is not None else NoPusherEvents()
         self._framer = framer
+        self._timer = timer
 
     # -- delivery ------------------------------------------------------------
 
@@ -58,6 +64,7 @@ class LocalAdapter:
         subscribers = self.registry.subscribers(app_id, channel)
         if not subscribers:
             return
+        started = self._timer()
         wire = self._framer(frame)
         sent = 0
         for socket_id, socket in tuple(subscribers.items()):
@@ -66,6 +73,7 @@ class LocalAdapter:
                 sent += 1
         if sent:
             self.observer.broadcast_delivered(app_id, channel, len(wire), sent)
+            self.observer.broadcast_timed(app_id, channel, sent, self._timer() - started)
 
     def terminate_user_connections(self, app_id: str, user_id: str) -> None:
         for socket in self.registry.user_sockets(app_id, user_id):
