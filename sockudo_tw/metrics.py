@@ -978,6 +978,12 @@ class MetricsObserver(NoPusherEvents):
         """
         self._app(app_id).messages_sent(size)
 
+    def broadcast_timed(self, app_id: str, channel: str, recipients: int, seconds: float) -> None:
+        """
+        Observe how long the local fan-out of one broadcast took.
+        """
+        self._app(app_id).broadcast_fanout_duration.observe(seconds * 1000.0)
+
     def slow_consumer_closed(self, app_id: str, socket_id: str) -> None:
         """
         Count a connection closed for a full outbound buffer.

@@ -55,7 +55,9 @@ class Node:
         self.registry = CollectorRegistry()
         self.metrics = PusherMetrics(self.registry)
         observer = MetricsObserver(self.metrics)
-        self.adapter = LocalAdapter(observer=observer)
+        # A fan-out timer that advances 2 ms per reading.
+        self.ticks = iter(range(0, 10**9, 2))
+        self.adapter = LocalAdapter(observer=observer, timer=lambda: next(self.ticks) / 1000)
         self.factory = PusherFactory(
             reactor=self.clock,
             app_store=MemoryAppStore(APPS.values()),
@@ -270,3 +272,20 @@ class ChurnTests(SynchronousTestCase):
         result = scrape(node.registry)
         self.assertEqual(result.value("sockudo_outbound_buffer_closes_total", app_id="open"), 1)
         self.assertEqual(result.value("sockudo_connected", app_id="open"), 1)
+
+    def test_broadcast_fanout(self) -> None:
+        """
+        A broadcast counts one message per recipient, its fan-out size and
+        the time its local fan-out took.
+        """
+        node = Node()
+        clients = [node.connect("open-key") for _ in range(3)]
+        for client in clients:
+            client.send({"event": "pusher:subscribe", "data": {"channel": "news"}})
+        before = scrape(node.registry).value("sockudo_ws_messages_sent_total", app_id="open")
+        node.adapter.broadcast("open", "news", b'{"event":"e","channel":"news","data":"x"}', None)
+        result = scrape(node.registry)
+        self.assertEqual(result.value("sockudo_ws_messages_sent_total", app_id="open") - before, 3)
+        self.assertEqual(result.value("sockudo_broadcast_fanout_size_sum", app_id="open"), 3)
+        self.assertEqual(result.value("sockudo_broadcast_fanout_duration_ms_count"), 1)
+        self.assertEqual(result.value("sockudo_broadcast_fanout_duration_ms_sum"), 2.0)
