@@ -61,7 +61,7 @@ ENCRYPTION_MASTER_KEY_BASE64 = "zyrm8pvV2C9fJcBfhyXzvxbJVN/H7QLmbe0xJi1GhPU="
 
 #: Longest a single expectation waits; every node process is killed after
 #: L{DRIVER_LIFETIME} seconds whatever happens.
-DEFAULT_WAIT = 5.0
+DEFAULT_WAIT = 10.0
 DRIVER_LIFETIME = 60
 SERVER_START_TIMEOUT = 20.0
 
@@ -214,7 +214,7 @@ class _OutputCollector(protocol.ProcessProtocol):
         """
         self.errors += data
 
-    def processEnded(self, reason: Failure) -> None:  # type: ignore[override]  # noqa: N802
+    def processEnded(self, reason: Failure) -> None:  # noqa: N802
         """
         Wake whoever waits for the end.
         """
@@ -326,7 +326,7 @@ class ServerProcess:
             str(self.config_path),
         ]
         self._collector = _OutputCollector()
-        self._transport = reactor.spawnProcess(  # type: ignore[attr-defined]
+        self._transport = reactor.spawnProcess(
             self._collector, sys.executable, argv, env=server_environment(), path=str(REPO_ROOT)
         )
 
@@ -449,7 +449,7 @@ class NodeDriver:
 
         driver = cls(describe_server)
         node = shutil.which("node") or "node"
-        driver._transport = reactor.spawnProcess(  # type: ignore[attr-defined]
+        driver._transport = reactor.spawnProcess(
             driver._collector,
             node,
             [node, str(DRIVER_SCRIPT), str(DRIVER_LIFETIME)],
@@ -681,11 +681,23 @@ class Interop:
         the Node SDK against the server.
         """
         require_node(case)
-        server = await ServerProcess.start(
-            case, apps if apps is not None else [app_config()], config
-        )
-        node = await NodeDriver.start(case, server.log_tail)
-        fixture = cls(case, server, node)
+        servers: list[ServerProcess] = []
+
+        def describe_server() -> str:
+            return servers[0].log_tail() if servers else "(server not started yet)"
+
+        # Start both at once: each takes a few hundred milliseconds, and
+        # every interop test pays for them.
+        starting_node = defer.Deferred.fromCoroutine(NodeDriver.start(case, describe_server))
+        try:
+            servers.append(
+                await ServerProcess.start(
+                    case, apps if apps is not None else [app_config()], config
+                )
+            )
+        finally:
+            node = await starting_node
+        fixture = cls(case, servers[0], node)
         if node_sdk:
             await node.init_sdk(fixture.sdk_options())
         return fixture
