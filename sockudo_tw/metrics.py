@@ -22,6 +22,11 @@ prometheus_client would name a counter C{x_total} and add C{x_created}
 series; Sockudo exports some counters without the suffix
 (C{sockudo_socket_received_bytes}) and no C{_created} series.
 L{generate_text} writes exactly Sockudo's names.
+
+Where the counts come from: L{MetricsObserver} (the WebSocket glue's and
+the adapter's events), L{MeteredResource} (REST calls and C{/up}),
+L{MeteredRateLimiter} and L{WebhookMetrics}; L{sockudo_tw.service} wires
+them and serves L{metrics_site} when C{metrics.enabled}.
 """
 
 from __future__ import annotations
