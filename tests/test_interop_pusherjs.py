@@ -90,6 +90,17 @@ class PusherJsConnectionTests(TestCase):
             self.assertEqual(fx.node.matching(match("connected", client)), [])
         self.assertEqual(fx.node.matching(match("state", "first", previous="connected")), [])
 
+    async def test_wrong_path_is_refused_with_4005(self) -> None:
+        """
+        A client configured with a wrong C{wsPath} (so it asks for
+        C{/nope/app/{key}}) is told 4005 "Path not found" (issue 3 point 2,
+        pusher-protocol.md section 1.3) and stops, instead of retrying
+        forever against a plain HTTP 404.
+        """
+        fx = await Interop.start(self)
+        await fx.connect("lost", wait=False, wsPath="/nope")
+        await _assert_refused(self, fx, "lost", 4005)
+
     async def test_server_shutdown_asks_clients_to_reconnect(self) -> None:
         """
         Stopping the daemon (SIGTERM) closes client connections with 4200,
@@ -682,6 +693,43 @@ class PusherJsUserTests(TestCase):
             ),
             "an offline watchlist event for w-b",
         )
+
+    async def test_watchlist_over_100_ids_gets_4302(self) -> None:
+        """
+        A watchlist of 101 ids still signs in, then gets C{pusher:error}
+        4302, and only the first 100 ids are watched; the connection stays.
+        """
+        fx = await Interop.start(self)
+        watchlist = [f"u{i}" for i in range(101)]
+        await fx.connect("w", user={"id": "w", "watchlist": watchlist})
+        fx.node.send(op="signin", client="w")
+        await fx.node.wait_for(match("message", "w", event="pusher:signin_success"), "signin")
+        error = await fx.node.wait_for(
+            lambda o: o["type"] == "conn_error" and o["client"] == "w", "the 4302 error"
+        )
+        self.assertEqual(_error_code(error), 4302, fx.node.report())
+        # The 101st user coming online must not be reported.
+        await fx.connect("late", user={"id": "u100"})
+        fx.node.send(op="signin", client="late")
+        await fx.node.wait_for(match("message", "late", event="pusher:signin_success"), "u100")
+        await fx.connect("early", user={"id": "u99"})
+        fx.node.send(op="signin", client="early")
+        await fx.node.wait_for(
+            lambda o: (
+                o["type"] == "watchlist_event"
+                and o["client"] == "w"
+                and o["event"] == "online"
+                and "u99" in o["data"]["user_ids"]
+            ),
+            "u99 (the 100th id) reported online",
+        )
+        reported = {
+            user
+            for o in fx.node.matching(match("watchlist_event", "w"))
+            for user in o["data"]["user_ids"]
+        }
+        self.assertNotIn("u100", reported, fx.node.report())
+        self.assertEqual(fx.node.matching(match("state", "w", previous="connected")), [])
 
     async def test_presence_member_from_sign_in_without_channel_data(self) -> None:
         """
