@@ -367,7 +367,8 @@ class PusherJsChannelTests(TestCase):
     async def test_subscription_count(self) -> None:
         """
         With C{enable_subscription_count}, subscribers of a public channel
-        get C{pusher:subscription_count} as the count changes.
+        get C{pusher:subscription_count} as the count goes up and down;
+        presence channels never get it.
         """
         fx = await Interop.start(self)
         await fx.connect("a")
@@ -385,6 +386,33 @@ class PusherJsChannelTests(TestCase):
                 data={"subscription_count": 2},
             ),
             "a to see the count go to 2",
+        )
+        fx.node.send(op="unsubscribe", client="b", channel="counted")
+        await fx.node.wait_count(
+            match(
+                "event",
+                "a",
+                channel="counted",
+                event="pusher:subscription_count",
+                data={"subscription_count": 1},
+            ),
+            2,
+            "a to see the count back at 1 after b unsubscribed",
+        )
+        # Never on presence channels (pusher-protocol.md section 2.3).
+        await fx.connect("p", presence={"user_id": "p", "user_info": {}})
+        await fx.subscribe("p", "presence-uncounted")
+        await fx.settle()
+        self.assertEqual(
+            fx.node.matching(
+                match(
+                    "message",
+                    "p",
+                    channel="presence-uncounted",
+                    event="pusher_internal:subscription_count",
+                )
+            ),
+            [],
         )
 
     async def test_apps_are_isolated(self) -> None:
