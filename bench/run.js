@@ -617,6 +617,16 @@ const RUNNERS = { connect: scenarioConnect, fanout: scenarioFanout, channels: sc
 
 // ------------------------------------------------------------------ main
 
+/** Soft limit of open files of this process (inherited by the workers), or 0. */
+function openFilesLimit() {
+  try {
+    const m = /Max open files\s+(\d+)/.exec(fs.readFileSync('/proc/self/limits', 'latin1'));
+    return m ? Number(m[1]) : 0;
+  } catch (e) {
+    return 0;
+  }
+}
+
 async function main() {
   let opts;
   try {
@@ -639,6 +649,12 @@ async function main() {
   }, opts['max-time'] * 1000);
   killer.unref();
 
+  const clientsOf = { connect: opts.connections, fanout: opts.subscribers, channels: opts.clients, http: opts['http-connections'], presence: opts.members };
+  const perWorker = Math.ceil(Math.max(...names.map((s) => clientsOf[s])) / Math.max(1, opts.workers));
+  const fds = openFilesLimit();
+  if (fds && perWorker + 64 > fds) {
+    console.error(`bench: ${perWorker} connections per worker but 'ulimit -n' is ${fds}: raise it (ulimit -n ${perWorker + 1024}) or add --workers`);
+  }
   const pid = opts['server-pid'] || findPidByPort(opts.port);
   if (!pid) console.error(`bench: no server pid given or found on port ${opts.port}: server CPU/RSS not measured`);
   const doc = {
