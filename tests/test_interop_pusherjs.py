@@ -1034,6 +1034,30 @@ class PusherJsForgeryTests(TestCase):
         self.assertGreaterEqual(len(errors), 3, fx.node.report())
         self.assertEqual(fx.node.matching(match("state", "thief", previous="connected")), [])
 
+    async def test_bad_channel_names_and_presence_data_are_refused(self) -> None:
+        """
+        A 201-character name, a name with a forbidden character, and a
+        presence subscription whose (correctly signed) C{channel_data} has
+        no C{user_id} each get a C{pusher:error} and no subscription; the
+        connection stays.
+        """
+        fx = await Interop.start(self)
+        await fx.connect("a", presence={"user_info": {"name": "no id"}})
+        refused = ["x" * 201, "bad channel!", "presence-without-id"]
+        for channel in refused:
+            fx.node.send(op="subscribe", client="a", channel=channel, bind=[])
+        await fx.node.wait_count(
+            match("message", "a", event="pusher:error"), 3, "three pusher:error frames"
+        )
+        await fx.subscribe("a", "good-after-bad")
+        await fx.settle()
+        succeeded = {
+            o["channel"]
+            for o in fx.node.matching(match("event", "a", event="pusher:subscription_succeeded"))
+        }
+        self.assertEqual(succeeded, {"good-after-bad"}, fx.node.report())
+        self.assertEqual(fx.node.matching(match("state", "a", previous="connected")), [])
+
     async def test_tampered_user_data_is_refused(self) -> None:
         """
         A sign-in whose C{user_data} was changed after signing gets no
