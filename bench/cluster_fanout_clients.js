@@ -22,6 +22,7 @@ const latencies = [];
 const byPort = {};
 let subscribed = 0;
 let reported = false;
+let lastUs = 0;
 
 function nowUs() {
   return Number(process.hrtime.bigint() / 1000n);
@@ -47,6 +48,7 @@ function open(i) {
       const sentNs = BigInt(data.slice(a + 1, data.indexOf(':', a + 1)));
       const us = nowUs() - Number(sentNs / 1000n);
       latencies.push(us);
+      lastUs = us + Number(sentNs / 1000n);
       (byPort[port] = byPort[port] || []).push(us);
       return;
     }
@@ -76,7 +78,7 @@ let input = '';
 process.stdin.on('data', (chunk) => {
   input += chunk;
   if (input.includes('report')) {
-    process.stdout.write(JSON.stringify({ type: 'report', latencies_us: latencies, by_port: byPort }) + '\n', () =>
+    process.stdout.write(JSON.stringify({ type: 'report', latencies_us: latencies, by_port: byPort, last_us: lastUs }) + '\n', () =>
       process.exit(0),
     );
   }
