@@ -239,7 +239,13 @@ class Cluster:
             "useTLS": False,
         }
 
-    async def connect(self, client: str, index: int, presence: dict[str, Any] | None = None) -> str:
+    async def connect(
+        self,
+        client: str,
+        index: int,
+        presence: dict[str, Any] | None = None,
+        user: dict[str, Any] | None = None,
+    ) -> str:
         """
         Connect a pusher-js client to node C{index}; return its socket id.
         """
@@ -251,7 +257,7 @@ class Cluster:
             port=self.servers[index].port,
             auth="sdk",
             presence=presence,
-            user=None,
+            user=user,
             options={},
         )
         connected = await self.node.wait_for(
@@ -366,6 +372,44 @@ class ClusterTests(TestCase):
             match("event", "b", channel=channel, event="pusher:member_removed"), "member_removed"
         )
         self.assertEqual(removed["data"]["id"], "1")
+
+    async def test_server_to_user_and_terminate_reach_every_node(self) -> None:
+        """
+        C{sendToUser} and C{terminateUserConnections} sent to one node reach
+        the user's connections on the other nodes, and no one else.
+        """
+        c = await Cluster.start(self)
+        for client, index, user in (("u0", 0, "cluster-user"), ("u1", 1, "cluster-user")):
+            await c.connect(client, index, user={"id": user})
+        await c.connect("other", 2, user={"id": "someone-else"})
+        for client, user in (
+            ("u0", "cluster-user"),
+            ("u1", "cluster-user"),
+            ("other", "someone-else"),
+        ):
+            c.node.send(op="signin", client=client)
+            await c.node.wait_for(
+                match(
+                    "message",
+                    client,
+                    event="pusher_internal:subscription_succeeded",
+                    channel=f"#server-to-user-{user}",
+                ),
+                f"{client} signed in",
+            )
+        sent = await c.rest(2, "sendToUser", "cluster-user", "direct", {"hi": True})
+        self.assertEqual(sent["status"], 200, sent)
+        for client in ("u0", "u1"):
+            await c.node.wait_for(match("user_event", client, event="direct"), f"{client} event")
+        terminated = await c.rest(2, "terminateUserConnections", "cluster-user")
+        self.assertEqual(terminated["status"], 200, terminated)
+        for client in ("u0", "u1"):
+            await c.node.wait_for(
+                match("state", client, previous="connected"), f"{client} to be dropped"
+            )
+        await c.settle(0.5)
+        self.assertEqual(c.node.matching(match("user_event", "other", event="direct")), [])
+        self.assertEqual(c.node.matching(match("state", "other", previous="connected")), [])
 
     async def test_sigkill_node_heals(self) -> None:
         """
