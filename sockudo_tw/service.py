@@ -27,6 +27,7 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from sockudo_tw.adapters import IAdapter
 from sockudo_tw.apps import IAppStore, MemoryAppStore
@@ -53,6 +54,7 @@ from sockudo_tw.web import (
     always_healthy,
     make_site,
 )
+from sockudo_tw.webhooks import build_webhooks
 
 __all__ = [
     "CloseConnections",
@@ -208,6 +210,28 @@ def _api_resource(
         ip_limiter,
         RateLimitRule(rule.max_requests, rule.window_seconds, rule.identifier, rule.trust_hops),
     )
+
+
+@implementer(IPusherEvents)
+class _Observers:
+    """
+    Tells several observers (metrics, webhooks) about every event, in order.
+    """
+
+    def __init__(self, *observers: IPusherEvents) -> None:
+        self._observers = observers
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        if name not in IPusherEvents:
+            raise AttributeError(name)
+        methods = [getattr(observer, name) for observer in self._observers]
+
+        def each(*args: Any) -> None:
+            for method in methods:
+                method(*args)
+
+        setattr(self, name, each)
+        return each
 
 
 def _adapter(
@@ -430,6 +454,8 @@ def make_service(
             CollectorRegistry(), port=config.metrics.port, prefix=config.metrics.prefix
         )
         observer = MetricsObserver(metrics)
+    webhooks = build_webhooks(config, reactor, app_store)
+    observer = webhooks.events if observer is None else _Observers(observer, webhooks.events)
     adapter, adapter_health = _adapter(config, reactor, observer)
     websocket = _websocket_resource(config, reactor, app_store, adapter, cache, observer)
     api = _api_resource(config, reactor, app_store, adapter, cache, metrics)
@@ -459,6 +485,11 @@ def make_service(
         log_observer,
         warnings,
     )
+    if webhooks.service is not None:
+        # Deliver webhooks from before the first client until after the last.
+        root.prepare_steps.append(webhooks.service.startService)
+        root.flush_steps.append(webhooks.service.stopService)
+    root.close_steps.append(webhooks.close)
     if IService.providedBy(adapter):
         # A cluster adapter connects at start and leaves the cluster last.
         IService(adapter).setServiceParent(root)

@@ -8,6 +8,7 @@ and a worker process killed with SIGKILL mid-delivery.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,9 +20,11 @@ from typing import Any
 
 import attrs
 import pusher
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -40,6 +43,7 @@ from sockudo_tw.webhooks import (
     WebhookSettings,
     build_webhooks,
 )
+from tests.interop_harness import ServerProcess, app_config
 from tests.test_queue import connect_redis, eventually, require_redis, true
 from tests.test_webhooks import RecordingQueue
 
@@ -61,7 +65,8 @@ CHILD_WORKER = """
 import json, sys
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.web.client import Agent
 import txredisapi
 from sockudo_tw.apps import MemoryAppStore
@@ -488,3 +493,195 @@ class SharedHoldTests(TestCase):
     async def _flushed(self, clock: Clock, queue: RecordingQueue) -> bool:
         clock.advance(0.05)
         return bool(queue.jobs)
+
+
+class PusherClient(WebSocketClientProtocol):
+    """
+    A minimal Pusher WebSocket client: waits for C{connection_established},
+    subscribes to public channels and records every frame.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[dict[str, Any]] = []
+        self.established: Deferred[None] = Deferred()
+        self.closed: Deferred[None] = Deferred()
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N803
+        frame = json.loads(payload)
+        self.frames.append(frame)
+        if frame.get("event") == "pusher:connection_established":
+            self.established.callback(None)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:  # noqa: N803
+        if not self.closed.called:
+            self.closed.callback(None)
+
+    def subscribe(self, channel: str) -> None:
+        """
+        Send C{pusher:subscribe} for a public channel.
+        """
+        message = {"event": "pusher:subscribe", "data": {"channel": channel}}
+        self.sendMessage(json.dumps(message).encode())
+
+    def subscribed(self, channel: str) -> bool:
+        """
+        Whether the subscription to C{channel} succeeded.
+        """
+        return any(
+            f.get("event") == "pusher_internal:subscription_succeeded"
+            and f.get("channel") == channel
+            for f in self.frames
+        )
+
+
+async def connect_client(case: TestCase, port: int, key: str) -> PusherClient:
+    """
+    Connect a L{PusherClient} to a daemon on 127.0.0.1:C{port}; it is closed
+    when the test ends.
+    """
+    url = f"ws://127.0.0.1:{port}/app/{key}?protocol=7&client=js&version=8.4.0"
+    factory = WebSocketClientFactory(url)
+    factory.protocol = PusherClient
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+    client = await endpoint.connect(factory)
+    assert isinstance(client, PusherClient)
+
+    def close() -> Deferred[None]:
+        if client.closed.called:
+            return succeed(None)
+        client.sendClose()
+        return client.closed
+
+    case.addCleanup(close)
+    await client.established.addTimeout(10, reactor)
+    return client
+
+
+async def subscribe(client: PusherClient, channel: str) -> None:
+    """
+    Subscribe and wait for C{pusher_internal:subscription_succeeded}.
+    """
+    client.subscribe(channel)
+    await eventually(lambda: true(client.subscribed(channel)))
+
+
+class DaemonTests(TestCase):
+    """
+    Real C{twistd sockudo} daemons with the Redis adapter and the Redis
+    queue: each webhook fires once for the cluster, and a job taken by a
+    daemon killed with SIGKILL is delivered after a daemon comes back.
+    """
+
+    setUp = WebhookIntegrationTests.setUp
+    listen = WebhookIntegrationTests.listen
+    verified = WebhookIntegrationTests.verified
+
+    async def daemons(self, count: int, receiver: Receiver) -> list[ServerProcess]:
+        """
+        Start C{count} daemons sharing Redis (adapter and queue) under a
+        fresh prefix, with the app's webhooks pointed at C{receiver}.
+        """
+        require_redis(self)
+        self.prefix = f"sockudo_tw_test_{uuid.uuid4().hex}"
+        self.redis = await connect_redis(self)
+        target = self.app.webhooks[0]
+        app = app_config(
+            id=self.app.id,
+            key=self.app.key,
+            secret=self.app.secret,
+            webhooks=[
+                {
+                    "url": target.url,
+                    "event_types": ["channel_occupied", "channel_vacated"],
+                    "headers": {"X-Env": "test"},
+                }
+            ],
+        )
+        redis_url = "redis://127.0.0.1:6379/0"
+        config = {
+            "adapter": {
+                "driver": "redis",
+                "redis": {
+                    "prefix": self.prefix + ":adapter:",
+                    "redis_pub_options": {"url": redis_url},
+                },
+                "cluster_health": {
+                    "enabled": True,
+                    "heartbeat_interval_ms": 500,
+                    "node_timeout_ms": 2000,
+                    "cleanup_interval_ms": 1000,
+                },
+            },
+            "queue": {
+                "driver": "redis",
+                "redis": {"prefix": self.prefix, "url_override": redis_url, "concurrency": 2},
+            },
+        }
+        return [await ServerProcess.start(self, [app], config) for _ in range(count)]
+
+    def bodies(self, receiver: Receiver) -> list[list[dict[str, Any]]]:
+        """
+        The verified C{events} of every request so far.
+        """
+        return [self.verified(receiver, i)["events"] for i in range(len(receiver.requests))]
+
+    async def test_once_per_cluster(self) -> None:
+        """
+        Two daemons, one subscriber on each: one C{channel_occupied}; both
+        leave: one C{channel_vacated}, after the delay; a reload (leave and
+        come back on the other daemon) sends nothing.
+        """
+        receiver = self.listen()
+        nodes = await self.daemons(2, receiver)
+        first = await connect_client(self, nodes[0].port, self.app.key)
+        second = await connect_client(self, nodes[1].port, self.app.key)
+        await subscribe(first, "room")
+        await subscribe(second, "room")
+        await eventually(lambda: true(len(receiver.requests) == 1), within=10)
+        await deferLater(reactor, 1.0, lambda: None)  # type: ignore[arg-type]
+        self.assertEqual(self.bodies(receiver), [[{"name": "channel_occupied", "channel": "room"}]])
+
+        reload = await connect_client(self, nodes[0].port, self.app.key)
+        await subscribe(reload, "lobby")
+        await eventually(lambda: true(len(receiver.requests) == 2), within=10)
+        reload.sendClose()
+        await reload.closed
+        again = await connect_client(self, nodes[1].port, self.app.key)
+        await subscribe(again, "lobby")
+
+        first.sendClose()
+        second.sendClose()
+        await first.closed
+        await second.closed
+        await deferLater(reactor, 2.0, lambda: None)  # type: ignore[arg-type]
+        self.assertEqual(len(receiver.requests), 2)
+        await eventually(lambda: true(len(receiver.requests) == 3), within=10)
+        await deferLater(reactor, 1.0, lambda: None)  # type: ignore[arg-type]
+        self.assertEqual(
+            self.bodies(receiver),
+            [
+                [{"name": "channel_occupied", "channel": "room"}],
+                [{"name": "channel_occupied", "channel": "lobby"}],
+                [{"name": "channel_vacated", "channel": "room"}],
+            ],
+        )
+
+    async def test_sigkill_daemon_job_redelivered(self) -> None:
+        """
+        A daemon killed with SIGKILL while its webhook request hangs: once
+        a daemon is back, the same signed body is delivered.
+        """
+        receiver = self.listen(HANG)
+        (node,) = await self.daemons(1, receiver)
+        client = await connect_client(self, node.port, self.app.key)
+        await subscribe(client, "durable")
+        await eventually(lambda: true(len(receiver.requests) == 1), within=10)
+        node._transport.signalProcess("KILL")
+        await node.restart(self)
+        await eventually(lambda: true(len(receiver.requests) >= 2), within=15)
+        self.assertEqual(receiver.requests[1][1], receiver.requests[0][1])
+        self.assertEqual(
+            self.verified(receiver, 1)["events"],
+            [{"name": "channel_occupied", "channel": "durable"}],
+        )
