@@ -236,3 +236,38 @@ class NodeSdkErrorTests(TestCase):
         self.assertEqual(
             delivered & {"big", "forged", "stranger"}, set(), json.dumps(sorted(delivered))
         )
+
+    async def test_api_rate_limit_answers_429_and_delivers_only_admitted(self) -> None:
+        """
+        With C{rate_limiter.api_rate_limit} at 5 requests a minute, a burst
+        of triggers gets 429 once the budget is spent (the SDK reports the
+        status), and exactly the admitted events reach the subscriber.
+        """
+        fx = await Interop.start(
+            self,
+            config={
+                "rate_limiter": {
+                    "enabled": True,
+                    "driver": "memory",
+                    "api_rate_limit": {"max_requests": 5, "window_seconds": 60},
+                    "websocket_rate_limit": {"max_requests": 100, "window_seconds": 60},
+                }
+            },
+        )
+        await fx.connect("a")
+        await fx.subscribe("a", "node-limited")
+        statuses = []
+        for i in range(8):
+            result = await fx.node.call_sdk("trigger", "node-limited", "burst", {"i": i})
+            statuses.append(result["status"])
+        self.assertIn(429, statuses, statuses)
+        self.assertEqual(set(statuses), {200, 429}, statuses)
+        admitted = statuses.count(200)
+        self.assertGreaterEqual(admitted, 1, statuses)
+        await fx.node.wait_count(match("event", "a", event="burst"), admitted, "admitted events")
+        await fx.settle()
+        received = fx.node.matching(match("event", "a", event="burst"))
+        self.assertEqual(
+            [o["data"]["i"] for o in received],
+            [i for i, status in enumerate(statuses) if status == 200],
+        )
