@@ -101,6 +101,34 @@ class PusherJsConnectionTests(TestCase):
         await fx.connect("lost", wait=False, wsPath="/nope")
         await _assert_refused(self, fx, "lost", 4005)
 
+    async def test_websocket_connection_rate_limit(self) -> None:
+        """
+        With C{rate_limiter.websocket_rate_limit} at 2 connections a minute
+        from one address, a third pusher-js connection is not established
+        (issue 4 point 7: the WebSocket connection rate limit answers like
+        the API one, 429), while the first two are.
+        """
+        fx = await Interop.start(
+            self,
+            config={
+                "rate_limiter": {
+                    "enabled": True,
+                    "driver": "memory",
+                    "api_rate_limit": {"max_requests": 1000, "window_seconds": 60},
+                    "websocket_rate_limit": {"max_requests": 2, "window_seconds": 60},
+                }
+            },
+        )
+        await fx.connect("first")
+        await fx.connect("second")
+        await fx.connect("third", wait=False)
+        await fx.settle(2.0)
+        self.assertEqual(
+            fx.node.matching(match("connected", "third")),
+            [],
+            "a connection over websocket_rate_limit was accepted:\n" + fx.node.report(),
+        )
+
     async def test_server_shutdown_asks_clients_to_reconnect(self) -> None:
         """
         Stopping the daemon (SIGTERM) closes client connections with 4200,
