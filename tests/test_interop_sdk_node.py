@@ -15,7 +15,7 @@ import json
 
 from twisted.trial.unittest import TestCase
 
-from tests.interop_harness import Interop, match
+from tests.interop_harness import Interop, app_config, match
 
 PRESENCE = "presence-node"
 PUBLIC = "node-public"
@@ -201,11 +201,19 @@ class NodeSdkErrorTests(TestCase):
     async def test_refusals(self) -> None:
         """
         10241 bytes of data (one over the default 10 KB) is 413, a batch of
-        11 (default limit 10) is 400, C{info=user_count} without the
-        C{presence-} filter is 400, a wrong secret 401, an unknown app id
-        404; the subscribed client receives none of those events.
+        11 (default limit 10) is 400, a batch with one bad channel name is 400
+        as a whole, C{info=user_count} without the C{presence-} filter is 400,
+        a wrong secret 401, a disabled app 403, an unknown app id 404; the
+        subscribed client receives none of those events (issue 4 point 3:
+        "Nothing is delivered when a request is refused").
         """
-        fx = await Interop.start(self)
+        fx = await Interop.start(
+            self,
+            apps=[
+                app_config(),
+                app_config(id="222222", key="disabled-key", secret="s2", enabled=False),
+            ],
+        )
         await fx.connect("a")
         await fx.subscribe("a", "node-guarded")
 
@@ -215,6 +223,21 @@ class NodeSdkErrorTests(TestCase):
         eleven = [{"channel": "node-guarded", "name": "batch", "data": str(i)} for i in range(11)]
         too_many = await fx.node.call_sdk("triggerBatch", eleven)
         self.assertEqual(too_many["status"], 400, too_many)
+
+        half_bad = await fx.node.call_sdk(
+            "triggerBatch",
+            [
+                {"channel": "node-guarded", "name": "half", "data": "1"},
+                {"channel": "bad channel!", "name": "half", "data": "2"},
+            ],
+        )
+        self.assertEqual(half_bad["status"], 400, half_bad)
+
+        await fx.node.init_sdk(
+            fx.sdk_options(app_id="222222", key="disabled-key", secret="s2"), name="disabled"
+        )
+        disabled = await fx.node.call_sdk("trigger", "node-guarded", "off", {}, sdk="disabled")
+        self.assertEqual(disabled["status"], 403, disabled)
 
         unfiltered = await fx.node.call_sdk(
             "get", {"path": "/channels", "params": {"info": "user_count"}}
@@ -234,7 +257,9 @@ class NodeSdkErrorTests(TestCase):
         await fx.settle()
         delivered = {o["event"] for o in fx.node.matching(match("event", "a"))}
         self.assertEqual(
-            delivered & {"big", "forged", "stranger"}, set(), json.dumps(sorted(delivered))
+            delivered & {"big", "batch", "half", "forged", "stranger"},
+            set(),
+            json.dumps(sorted(delivered)),
         )
 
     async def test_api_rate_limit_answers_429_and_delivers_only_admitted(self) -> None:
