@@ -35,6 +35,7 @@ import sockudo_tw
 from sockudo_tw.apps import MemoryAppStore
 from sockudo_tw.config import AdapterConfig, AppManagerConfig, QueueConfig, ServerConfig
 from sockudo_tw.pusher.app import App, WebhookTarget
+from sockudo_tw.pusher.signing import channel_string_to_sign, token
 from sockudo_tw.queue import IJobQueue, MemoryJobQueue, RedisJobQueue
 from sockudo_tw.webhooks import (
     RedisPendingLeaves,
@@ -72,6 +73,7 @@ import txredisapi
 from sockudo_tw.apps import MemoryAppStore
 from sockudo_tw.config import AdapterConfig, AppManagerConfig, QueueConfig, ServerConfig
 from sockudo_tw.pusher.app import App, WebhookTarget
+from sockudo_tw.pusher.signing import channel_string_to_sign, token
 from sockudo_tw.queue import RedisJobQueue
 from sockudo_tw.webhooks import WebhookSender
 
@@ -517,12 +519,26 @@ class PusherClient(WebSocketClientProtocol):
         if not self.closed.called:
             self.closed.callback(None)
 
-    def subscribe(self, channel: str) -> None:
+    def subscribe(
+        self, channel: str, auth: str | None = None, channel_data: str | None = None
+    ) -> None:
         """
-        Send C{pusher:subscribe} for a public channel.
+        Send C{pusher:subscribe}, with the signature and presence data if given.
         """
-        message = {"event": "pusher:subscribe", "data": {"channel": channel}}
-        self.sendMessage(json.dumps(message).encode())
+        data = {"channel": channel}
+        if auth is not None:
+            data["auth"] = auth
+        if channel_data is not None:
+            data["channel_data"] = channel_data
+        self.sendMessage(json.dumps({"event": "pusher:subscribe", "data": data}).encode())
+
+    @property
+    def socket_id(self) -> str:
+        """
+        The socket id from C{pusher:connection_established}.
+        """
+        socket_id: str = json.loads(self.frames[0]["data"])["socket_id"]
+        return socket_id
 
     def subscribed(self, channel: str) -> bool:
         """
@@ -558,11 +574,21 @@ async def connect_client(case: TestCase, port: int, key: str) -> PusherClient:
     return client
 
 
-async def subscribe(client: PusherClient, channel: str) -> None:
+async def subscribe(
+    client: PusherClient, channel: str, app: App | None = None, user_id: str | None = None
+) -> None:
     """
-    Subscribe and wait for C{pusher_internal:subscription_succeeded}.
+    Subscribe and wait for C{pusher_internal:subscription_succeeded}; with
+    C{app}, sign the subscription as an app server would (as C{user_id} on a
+    presence channel).
     """
-    client.subscribe(channel)
+    auth = channel_data = None
+    if app is not None:
+        if user_id is not None:
+            channel_data = json.dumps({"user_id": user_id, "user_info": {}})
+        string = channel_string_to_sign(client.socket_id, channel, channel_data)
+        auth = token(app.key, app.secret, string)
+    client.subscribe(channel, auth, channel_data)
     await eventually(lambda: true(client.subscribed(channel)))
 
 
@@ -593,7 +619,13 @@ class DaemonTests(TestCase):
             webhooks=[
                 {
                     "url": target.url,
-                    "event_types": ["channel_occupied", "channel_vacated"],
+                    "event_types": [
+                        "channel_occupied",
+                        "channel_vacated",
+                        "member_added",
+                        "member_removed",
+                        "client_event",
+                    ],
                     "headers": {"X-Env": "test"},
                 }
             ],
@@ -684,4 +716,47 @@ class DaemonTests(TestCase):
         self.assertEqual(
             self.verified(receiver, 1)["events"],
             [{"name": "channel_occupied", "channel": "durable"}],
+        )
+
+    async def test_presence_and_client_events_once(self) -> None:
+        """
+        One user on two daemons is added once; a second user is added once;
+        a presence client event is reported once with the sender's socket id
+        and user id.
+        """
+        receiver = self.listen()
+        nodes = await self.daemons(2, receiver)
+        clients = [await connect_client(self, nodes[i].port, self.app.key) for i in (0, 1, 1)]
+        for client, user in zip(clients, ("u1", "u1", "u2"), strict=True):
+            await subscribe(client, "presence-room", self.app, user)
+        clients[0].sendMessage(
+            json.dumps(
+                {"event": "client-typing", "channel": "presence-room", "data": {"on": True}}
+            ).encode()
+        )
+
+        def events() -> list[dict[str, Any]]:
+            return [e for batch in self.bodies(receiver) for e in batch]
+
+        await eventually(lambda: true(len(events()) >= 4), within=10)
+        await deferLater(reactor, 1.0, lambda: None)  # type: ignore[arg-type]
+        found = sorted(events(), key=lambda e: json.dumps(e, sort_keys=True))
+        self.assertEqual(
+            found,
+            sorted(
+                [
+                    {"name": "channel_occupied", "channel": "presence-room"},
+                    {"name": "member_added", "channel": "presence-room", "user_id": "u1"},
+                    {"name": "member_added", "channel": "presence-room", "user_id": "u2"},
+                    {
+                        "name": "client_event",
+                        "channel": "presence-room",
+                        "event": "client-typing",
+                        "data": '{"on":true}',
+                        "socket_id": clients[0].socket_id,
+                        "user_id": "u1",
+                    },
+                ],
+                key=lambda e: json.dumps(e, sort_keys=True),
+            ),
         )
