@@ -696,3 +696,21 @@ class OutageTests(SynchronousTestCase):
         cluster.advance(5)
         self.assertTrue(b.link.is_up)
         self.assertEqual(watcher.frames, [events.member_added("presence-x", "late", {})])
+
+
+class ShutdownLogTests(SynchronousTestCase):
+    """
+    Stopping a node is not an outage.
+    """
+
+    def test_stop_logs_no_outage(self) -> None:
+        """
+        A clean stop closes both connections without an outage warning.
+        """
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        cluster = Cluster(self)
+        node = cluster.node("A")
+        node.stopService()
+        cluster.flush()
+        self.assertFalse(node.link.commands.up)
+        self.assertEqual([e for e in logged if e["log_level"] is LogLevel.warn], [])

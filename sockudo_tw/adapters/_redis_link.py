@@ -411,7 +411,10 @@ class RedisLink(Service):
     def _side_down(self, side: _Side) -> None:
         """
         A connection was lost: log it once for this outage, notify observers.
+        Closing our own connections at shutdown is no outage.
         """
+        if not self.running:
+            return
         if not side.outage_logged:
             side.outage_logged = True
             self.log.warn(
