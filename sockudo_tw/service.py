@@ -40,6 +40,7 @@ from sockudo_tw.metrics import (
     MeteredResource,
     MetricsObserver,
     PusherMetrics,
+    WebhookMetrics,
     channels_by_type,
     metrics_site,
     open_connections,
@@ -454,7 +455,9 @@ def make_service(
             CollectorRegistry(), port=config.metrics.port, prefix=config.metrics.prefix
         )
         observer = MetricsObserver(metrics)
-    webhooks = build_webhooks(config, reactor, app_store)
+    webhooks = build_webhooks(
+        config, reactor, app_store, WebhookMetrics(metrics) if metrics is not None else None
+    )
     observer = webhooks.events if observer is None else _Observers(observer, webhooks.events)
     adapter, adapter_health = _adapter(config, reactor, observer)
     websocket = _websocket_resource(config, reactor, app_store, adapter, cache, observer)

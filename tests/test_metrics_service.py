@@ -18,6 +18,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from sockudo_tw.config import ServerConfig, parse_config
@@ -162,10 +163,10 @@ async def _autobahn_timers_done() -> None:
         await deferLater(reactor, 0.05, lambda: None)
 
 
-class LoopbackTests(TestCase):
+class _Daemon(TestCase):
     """
-    Real clients on 127.0.0.1 against the composed daemon, scraped over
-    HTTP.
+    The composed daemon on free loopback ports, real clients, scrapes over
+    HTTP (helpers only; the tests are in subclasses).
     """
 
     def setUp(self) -> Deferred[None]:
@@ -173,7 +174,7 @@ class LoopbackTests(TestCase):
         Start the daemon with its main and metrics listeners on free
         loopback ports.
         """
-        conf = config({"enabled": True, "host": "127.0.0.1"})
+        conf = self.daemon_config()
         # Port 0 (any free port) is for tests only; config requires 1-65535.
         conf = attrs.evolve(conf, metrics=attrs.evolve(conf.metrics, port=0))
         self.addCleanup(lambda: Deferred.fromCoroutine(_autobahn_timers_done()))
@@ -184,6 +185,12 @@ class LoopbackTests(TestCase):
         self.addCleanup(self.service.stopService)
         self.clients: list[_Client] = []
         return Deferred.fromCoroutine(self._ports())
+
+    def daemon_config(self) -> ServerConfig:
+        """
+        The daemon's config: the three apps, metrics on 127.0.0.1.
+        """
+        return config({"enabled": True, "host": "127.0.0.1"})
 
     async def _ports(self) -> None:
         """
@@ -221,6 +228,26 @@ class LoopbackTests(TestCase):
         response = await treq.get(f"http://127.0.0.1:{self.metrics_port}/metrics", persistent=False)
         self.assertEqual(response.code, 200)
         return Scrape.parse(await response.content())
+
+    async def _until(self, done: Any) -> None:
+        """
+        Scrape until C{done(scrape)} holds (the server sees a client's
+        close a moment after the client sent it); bounded.
+        """
+        from twisted.internet.task import deferLater
+
+        for _ in range(100):
+            if done(await self.scrape()):
+                return
+            await deferLater(reactor, 0.02, lambda: None)
+        self.fail("condition not reached")
+
+
+class LoopbackTests(_Daemon):
+    """
+    Real clients on 127.0.0.1 against the composed daemon, scraped over
+    HTTP.
+    """
 
     def test_connected_matches_open_sockets(self) -> None:
         """
@@ -272,19 +299,6 @@ class LoopbackTests(TestCase):
         self.assertEqual(result.value("sockudo_new_connections_total", app_id="app-id"), 5)
         self.assertEqual(result.value("sockudo_new_disconnections_total", app_id="app-id"), 2)
 
-    async def _until(self, done: Any) -> None:
-        """
-        Scrape until C{done(scrape)} holds (the server sees a client's
-        close a moment after the client sent it); bounded.
-        """
-        from twisted.internet.task import deferLater
-
-        for _ in range(100):
-            if done(await self.scrape()):
-                return
-            await deferLater(reactor, 0.02, lambda: None)
-        self.fail("condition not reached")
-
     def test_api_metered(self) -> None:
         """
         REST calls are counted per known app with their bytes; unknown app
@@ -307,3 +321,73 @@ class LoopbackTests(TestCase):
         self.assertEqual(result.value("sockudo_http_received_bytes", app_id="app-id"), 2)
         self.assertGreater(result.value("sockudo_http_transmitted_bytes", app_id="app-id"), 0)
         self.assertEqual(result.value("sockudo_http_calls_received_total", app_id=UNKNOWN_APP), 1)
+
+
+class _Receiver(Resource):
+    """
+    A webhook endpoint answering 200 and counting requests.
+    """
+
+    isLeaf = True  # noqa: N815 (twisted.web's name)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests = 0
+
+    def render_POST(self, request: Any) -> bytes:
+        """
+        Count the request.
+        """
+        self.requests += 1
+        return b""
+
+
+class WebhookLoopbackTests(_Daemon):
+    """
+    Webhook deliveries of the composed daemon are counted.
+    """
+
+    def daemon_config(self) -> ServerConfig:
+        """
+        One app whose C{channel_occupied} webhooks go to a local receiver.
+        """
+        self.receiver = _Receiver()
+        port = reactor.listenTCP(0, Site(self.receiver), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        hook = {
+            "url": f"http://127.0.0.1:{port.getHost().port}/hook",
+            "event_types": ["channel_occupied"],
+        }
+        return parse_config(
+            {
+                "metrics": {"enabled": True, "host": "127.0.0.1"},
+                "queue": {"driver": "memory"},
+                "shutdown_grace_period": 2,
+                "app_manager": {"array": {"apps": [dict(APP, webhooks=[hook])]}},
+            },
+            {},
+        )
+
+    def test_webhook_sent(self) -> None:
+        """
+        A subscription that occupies a channel sends one webhook, counted
+        in C{sockudo_webhooks_sent_total}.
+        """
+        return Deferred.fromCoroutine(self._webhook_sent())
+
+    async def _webhook_sent(self) -> None:
+        """
+        Connect, subscribe, wait for the delivery to be counted.
+        """
+        client, _closed = await self.connect("app-key")
+        assert client is not None
+        client.sendMessage(b'{"event":"pusher:subscribe","data":{"channel":"room"}}')
+        await self._until(
+            lambda r: (
+                r.family("sockudo_webhooks_sent_total")
+                and r.value("sockudo_webhooks_sent_total", app_id="app-id") == 1
+            )
+        )
+        self.assertEqual(self.receiver.requests, 1)
+        result = await self.scrape()
+        self.assertEqual(result.value("sockudo_webhooks_failed_total", app_id="app-id"), 0)
