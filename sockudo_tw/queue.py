@@ -153,6 +153,13 @@ class MemoryJobQueue:
         self._idle: list[Deferred[None]] = []
         self.dropped = 0
 
+    def depth(self) -> int:
+        """
+        Jobs waiting or being delivered (retries included), for the
+        C{webhook_queue_depth} gauge.
+        """
+        return len(self._jobs) + self._in_progress
+
     def enqueue(self, job: str) -> None:
         if len(self._jobs) >= self._max_length:
             self.dropped += 1
