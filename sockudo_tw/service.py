@@ -473,6 +473,11 @@ def make_service(
         cluster_links = getattr(adapter, "cluster_links", None)
         if callable(cluster_links):
             metrics.watch(cluster_links=cluster_links)
+        # The memory queue knows its depth; the Redis queue would need a
+        # round trip, which a scrape must not wait for.
+        queue_depth = getattr(getattr(webhooks.service, "queue", None), "depth", None)
+        if callable(queue_depth):
+            metrics.watch(webhook_queue_depth=queue_depth)
     lifecycle = Lifecycle()
     health: IResource = HealthResource(app_store, adapter_health, lifecycle, reactor)
     if metrics is not None:

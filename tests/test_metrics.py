@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 from prometheus_client import CollectorRegistry
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
@@ -47,6 +48,7 @@ from sockudo_tw.metrics import (
 )
 from sockudo_tw.pusher.app import App
 from sockudo_tw.pusher.channels import channel_type
+from sockudo_tw.queue import MemoryJobQueue
 from sockudo_tw.ratelimit import MemoryRateLimiter
 from sockudo_tw.registry import Registry
 from sockudo_tw.webhooks import IWebhookMetrics
@@ -865,6 +867,30 @@ class SourceTests(SynchronousTestCase):
         registry.unsubscribe("a", "private-x", "1.1")
         registry.remove_socket("2.1")
         self.assertEqual(channels_by_type(registry), {"a": {"public": 1, "cache": 1}})
+
+    def test_memory_queue_depth(self) -> None:
+        """
+        The memory webhook queue's depth counts waiting and in-progress
+        jobs, and drops as jobs finish.
+        """
+        clock = Clock()
+        pending: list[Deferred[bool]] = []
+
+        def handler(job: str) -> Deferred[bool]:
+            d: Deferred[bool] = Deferred()
+            pending.append(d)
+            return d
+
+        queue = MemoryJobQueue(clock, max_in_progress=1)
+        for job in "abc":
+            queue.enqueue(job)
+        self.assertEqual(queue.depth(), 3)
+        queue.start(handler)
+        clock.advance(0)
+        self.assertEqual((len(pending), queue.depth()), (1, 3))
+        pending[0].callback(True)
+        clock.advance(0)
+        self.assertEqual(queue.depth(), 2)
 
     def test_watch(self) -> None:
         """

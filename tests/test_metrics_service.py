@@ -391,3 +391,4 @@ class WebhookLoopbackTests(_Daemon):
         self.assertEqual(self.receiver.requests, 1)
         result = await self.scrape()
         self.assertEqual(result.value("sockudo_webhooks_failed_total", app_id="app-id"), 0)
+        self.assertEqual(result.value("sockudo_webhook_queue_depth"), 0)
