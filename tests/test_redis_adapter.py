@@ -714,3 +714,22 @@ class ShutdownLogTests(SynchronousTestCase):
         cluster.flush()
         self.assertFalse(node.link.commands.up)
         self.assertEqual([e for e in logged if e["log_level"] is LogLevel.warn], [])
+
+
+class BusMessageTests(SynchronousTestCase):
+    """
+    The broadcast message on the bus.
+    """
+
+    def test_odd_except_socket_id(self) -> None:
+        """
+        An except_socket_id holding the bus separator cannot corrupt the
+        message: the frame arrives intact on the other node.
+        """
+        cluster = Cluster(self)
+        a, b = cluster.node("A"), cluster.node("B")
+        socket = connect(b, "2.1")
+        cluster.result(b.subscribe("app", "ch", "2.1", None, 0))
+        a.broadcast("app", "ch", b'{"x":1}', "1.1\x1fjunk")
+        cluster.flush()
+        self.assertEqual(socket.frames, [b'{"x":1}'])

@@ -582,6 +582,10 @@ class RedisAdapter(Service):
     def _publish_broadcast(
         self, app_id: str, channel: str, frame: bytes, except_socket_id: str | None
     ) -> None:
+        if except_socket_id is not None and _US in except_socket_id:
+            # Not a real socket id (those are digits and a dot); it must not
+            # shift the fields of the bus message.
+            except_socket_id = None
         self.link.publish(
             _USB.join(
                 [
