@@ -32,7 +32,7 @@ from zope.interface import implementer
 from sockudo_tw.adapters import IAdapter
 from sockudo_tw.apps import IAppStore, MemoryAppStore
 from sockudo_tw.cache import IChannelCache, MemoryChannelCache
-from sockudo_tw.config import ServerConfig
+from sockudo_tw.config import RateLimit, ServerConfig
 from sockudo_tw.hooks import IPusherEvents
 from sockudo_tw.metrics import (
     GLOBAL_APP,
@@ -133,10 +133,13 @@ def _websocket_resource(
     adapter: IAdapter | None,
     cache: IChannelCache,
     observer: IPusherEvents | None = None,
+    metrics: PusherMetrics | None = None,
 ) -> WebSocketPart:
     """
     Build the C{/app/} WebSocket resource: the Pusher protocol
-    (L{sockudo_tw.websocket.PusherFactory}).
+    (L{sockudo_tw.websocket.PusherFactory}), behind the
+    C{rate_limiter.websocket_rate_limit} IP limiter on upgrades when the
+    limiter is enabled.
     """
     from sockudo_tw.adapters.local import LocalAdapter
     from sockudo_tw.websocket import PusherFactory
@@ -151,8 +154,17 @@ def _websocket_resource(
         max_payload_kb=config.websocket_max_payload_kb,
         observer=observer,
     )
+    resource: IResource = factory.websocket_resource()
+    if config.rate_limiter.enabled:
+        resource = _ip_limited(
+            resource,
+            reactor,
+            config.rate_limiter.websocket_rate_limit,
+            metrics,
+            "websocket_upgrade",
+        )
     return WebSocketPart(
-        factory.websocket_resource(),
+        resource,
         factory.close_connections,
         lambda: open_connections(factory.protocols),
     )
@@ -174,12 +186,7 @@ def _api_resource(
     the adapter is wired.
     """
     from sockudo_tw.api import PusherApi
-    from sockudo_tw.ratelimit import (
-        IRateLimiter,
-        MemoryRateLimiter,
-        RateLimitedResource,
-        RateLimitRule,
-    )
+    from sockudo_tw.ratelimit import MemoryRateLimiter
 
     if adapter is None:
         stub: IResource = Klein().resource()
@@ -200,11 +207,31 @@ def _api_resource(
     resource = api.resource()
     if not config.rate_limiter.enabled:
         return resource
-    rule = config.rate_limiter.api_rate_limit
-    ip_limiter: IRateLimiter = limiter
+    return _ip_limited(resource, reactor, config.rate_limiter.api_rate_limit, metrics, "http_api")
+
+
+def _ip_limited(
+    resource: IResource,
+    reactor: Any,
+    rule: RateLimit,
+    metrics: PusherMetrics | None,
+    request_context: str,
+) -> IResource:
+    """
+    Wrap C{resource} in a per-client-IP limiter (memory backend) for C{rule},
+    its checks counted under Sockudo's C{api_rate_limit} limiter type.
+    """
+    from sockudo_tw.ratelimit import (
+        IRateLimiter,
+        MemoryRateLimiter,
+        RateLimitedResource,
+        RateLimitRule,
+    )
+
+    ip_limiter: IRateLimiter = MemoryRateLimiter(reactor)
     if metrics is not None:
         ip_limiter = MeteredRateLimiter(
-            limiter, metrics.app(GLOBAL_APP), "api_rate_limit", "http_api"
+            ip_limiter, metrics.app(GLOBAL_APP), "api_rate_limit", request_context
         )
     return RateLimitedResource(
         resource,
@@ -460,7 +487,7 @@ def make_service(
     )
     observer = webhooks.events if observer is None else _Observers(observer, webhooks.events)
     adapter, adapter_health = _adapter(config, reactor, observer)
-    websocket = _websocket_resource(config, reactor, app_store, adapter, cache, observer)
+    websocket = _websocket_resource(config, reactor, app_store, adapter, cache, observer, metrics)
     api = _api_resource(config, reactor, app_store, adapter, cache, metrics)
     if metrics is not None:
         api = MeteredResource(api, metrics, reactor, app_store)

@@ -177,6 +177,14 @@ class _Ok(Resource):
     render_HEAD = render_GET
 
 
+def _is_websocket_upgrade(request: Request) -> bool:
+    """
+    Whether C{request} asks to upgrade to a WebSocket.
+    """
+    upgrade = request.getHeader(b"upgrade")
+    return upgrade is not None and upgrade.lower() == b"websocket"
+
+
 class RootResource(Resource):
     """
     The root of every listener's C{Site}.
@@ -194,7 +202,10 @@ class RootResource(Resource):
         Route by the first path segment; the API gets the segment back so
         its routes see the whole C{/apps/...} path.
         """
-        if path == b"app":
+        if path == b"app" or _is_websocket_upgrade(request):
+            # An upgrade on any other path still completes, so that the
+            # client hears Pusher's 4005 "Path not found" instead of an HTTP
+            # 404 that pusher-js would retry forever.
             return self._websocket
         if path in (b"apps", b"users"):
             assert request.prepath is not None and request.postpath is not None

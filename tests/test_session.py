@@ -97,10 +97,11 @@ class ConnectTests(SynchronousTestCase):
 
     def test_app_key(self) -> None:
         """
-        The key is the last segment of C{/app/{key}}, with any prefix.
+        The key is the last segment of C{/app/{key}}; any prefix is refused.
         """
         self.assertEqual(parse_app_key("/app/abc"), "abc")
-        self.assertEqual(parse_app_key("/ws/app/abc/"), "abc")
+        self.assertEqual(parse_app_key("/app/abc/"), "abc")
+        self.assertIsNone(parse_app_key("/ws/app/abc"))
         self.assertIsNone(parse_app_key("/apps/abc"))
         self.assertIsNone(parse_app_key("/app/"))
         self.assertIsNone(parse_app_key("/app/a/b"))

@@ -151,6 +151,21 @@ class WebTests(SynchronousTestCase):
         """
         self.assertEqual(self.get("/app/k1?protocol=7")[:2], (200, b"ws /app/k1"))
 
+    def test_upgrade_on_other_path(self) -> None:
+        """
+        A WebSocket upgrade on a path outside C{/app/} still reaches the
+        WebSocket resource (which refuses it with Pusher's 4005), while a
+        plain GET of the same path is a 404.
+        """
+        response = self.successResultOf(
+            self.treq.get(
+                "http://127.0.0.1/nope/app/k1?protocol=7", headers={"Upgrade": ["websocket"]}
+            )
+        )
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.successResultOf(response.content()), b"ws /nope/app/k1")
+        self.assertEqual(self.get("/nope/app/k1")[0], 404)
+
     def test_api_routes(self) -> None:
         """
         C{/apps/...} and C{/users/...} reach the API with the whole path.

@@ -61,7 +61,7 @@ __all__ = [
 PONG_TIMEOUT = 30.0
 SUPPORTED_PROTOCOLS = range(4, 8)
 
-_APP_PATH = re.compile(r"^(?:.*/)?app/([^/]+)/?$")
+_APP_PATH = re.compile(r"^/app/([^/]+)/?$")
 
 
 @attrs.frozen
@@ -150,8 +150,9 @@ def new_socket_id(randbelow: Callable[[int], int] = secrets.randbelow) -> str:
 
 def parse_app_key(path: str) -> str | None:
     """
-    The app key of a C{/app/{key}} path (any prefix allowed, as pusher-js's
-    C{wsPath} prepends one), or L{None}.
+    The app key of a C{/app/{key}} path, or L{None}. A prefix (pusher-js's
+    C{wsPath}) is refused so the client hears 4005 at once; a proxy in front
+    strips it (etc/nginx/sockudo.conf).
     """
     match = _APP_PATH.match(path)
     return match.group(1) if match else None
