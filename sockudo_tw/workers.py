@@ -164,7 +164,7 @@ class WorkerPool(Service):
         self.twistd_args = list(twistd_args)
         self.environ = dict(os.environ if environ is None else environ)
         self.grace_period = grace_period
-        self._spawn = spawn if spawn is not None else reactor.spawnProcess
+        self._spawn = spawn
         self.children: dict[int, Any] = {}
         self._outputs: dict[int, _ChildOutput] = {}
         self._fds: list[int] = []
@@ -248,7 +248,8 @@ class WorkerPool(Service):
         argv = child_arguments(self.twistd_args, self._families, worker)
         output = _ChildOutput(self, worker)
         self._outputs[worker] = output
-        self.children[worker] = self._spawn(
+        spawn = self._spawn if self._spawn is not None else self.reactor.spawnProcess
+        self.children[worker] = spawn(
             output, sys.executable, argv, env=env, path=os.getcwd(), childFDs=child_fds
         )
 
