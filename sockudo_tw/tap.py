@@ -68,9 +68,14 @@ class Options(usage.Options):
         """
         Load and check the configuration now, before anything is bound.
         """
+        from sockudo_tw.queue import validate_queue_driver
+        from sockudo_tw.webhooks import validate_webhook_targets
+
         try:
             self.server_config = load_config(self["config"], self.environ)
-        except ConfigError as e:
+            validate_queue_driver(self.server_config.queue.driver)
+            validate_webhook_targets(self.server_config.app_manager.apps)
+        except (ConfigError, ValueError) as e:
             raise usage.UsageError(f"invalid configuration: {e}") from None
 
 

@@ -82,6 +82,23 @@ class OptionsTests(SynchronousTestCase):
             _options().parseOptions(["--config", path])
         self.assertIn("adapter.driver", str(e.exception))
 
+    def test_unsupported_backends(self) -> None:
+        """
+        Backends Sockudo has and we refuse (the C{sqs} queue, Lambda webhook
+        targets) are usage errors naming what to use instead.
+        """
+        with self.assertRaises(UsageError) as e:
+            _options({"QUEUE_DRIVER": "sqs"}).parseOptions([])
+        self.assertIn('queue.driver: "sqs"', str(e.exception))
+        path = self.mktemp()
+        app = {"id": "1", "key": "k", "secret": "s", "max_connections": 0}
+        app["webhooks"] = [{"lambda_function": "f", "event_types": ["channel_occupied"]}]
+        with open(path, "w") as f:
+            json.dump({"app_manager": {"array": {"apps": [app]}}}, f)
+        with self.assertRaises(UsageError) as e:
+            _options().parseOptions(["--config", path])
+        self.assertIn("lambda webhook targets are not supported", str(e.exception))
+
     def test_env(self) -> None:
         """
         The environment given to the options overrides the file.
