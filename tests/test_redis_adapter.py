@@ -243,7 +243,7 @@ class LinkTests(SynchronousTestCase):
         self.assertEqual(len(warnings), 2, [e["log_format"] for e in warnings])
         self.assertFalse(cluster.result(node.health()))
         cluster.server.accepting = True
-        cluster.advance(11)
+        cluster.advance(12)
         self.assertTrue(node.link.is_up)
         self.assertEqual(states, [False, True])
         self.assertEqual(node.link.outages, 1)
@@ -629,7 +629,7 @@ class OutageTests(SynchronousTestCase):
             cluster.result(b.presence_members("app", "presence-x")), {"ub": {}, "gone": {}}
         )
         cluster.server.accepting = True
-        cluster.advance(11)
+        cluster.advance(12)
         self.assertTrue(a.link.is_up)
         self.assertEqual(
             cluster.result(b.presence_members("app", "presence-x")), {"ub": {}, "new": {"v": 2}}
