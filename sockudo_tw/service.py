@@ -510,7 +510,7 @@ def make_service(
     if metrics is not None:
         # Sockudo counts /up as an API call too.
         health = MeteredResource(health, metrics, reactor, app_store)
-    site = make_site(RootResource(websocket.resource, api, health))
+    site = make_site(RootResource(websocket.resource, api, health), access_log=config.debug)
 
     root = SockudoService(
         reactor,

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import Request as HttpRequest
 from twisted.web.resource import IResource, NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -242,10 +243,23 @@ class RedirectToHttps(Resource):
         return b"Moved Permanently"
 
 
-def make_site(root: IResource) -> Site:
+class _QuietSite(Site):
     """
-    The C{Site} serving C{root}, without tracebacks in error pages.
+    A C{Site} that writes no access-log line per request: at the default
+    level a busy API would otherwise log every trigger.
     """
-    site = Site(root)
+
+    def log(self, request: HttpRequest) -> None:
+        """
+        Log nothing for this request.
+        """
+
+
+def make_site(root: IResource, access_log: bool = False) -> Site:
+    """
+    The C{Site} serving C{root}, without tracebacks in error pages, logging
+    each request only when C{access_log} is set (debug).
+    """
+    site = Site(root) if access_log else _QuietSite(root)
     site.displayTracebacks = False
     return site

@@ -5,13 +5,17 @@ health endpoints (sockudo-reference.md section 3.7), in memory.
 
 from __future__ import annotations
 
+import io
+
 from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import server
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+from twisted.web.test.test_web import DummyChannel
 
 from sockudo_tw.apps import MemoryAppStore
 from sockudo_tw.pusher.app import App
@@ -22,6 +26,7 @@ from sockudo_tw.web import (
     RedirectToHttps,
     RootResource,
     always_healthy,
+    make_site,
 )
 
 
@@ -199,3 +204,39 @@ class RedirectTests(SynchronousTestCase):
         self.assertEqual(
             response.headers.getRawHeaders("location"), ["https://example.com:6443/apps/1?x=1"]
         )
+
+
+class AccessLogTests(SynchronousTestCase):
+    """
+    The access log of the listeners' C{Site}.
+    """
+
+    def _logged(self, access_log: bool) -> str:
+        """
+        What the site writes to its access log for one finished request.
+        """
+        site = make_site(Resource(), access_log=access_log)
+        output = io.StringIO()
+        site._logFile = output
+        site._logDateTime = "25/Nov/2026:00:00:00 +0000"
+        request = server.Request(DummyChannel(), False)
+        request.method = b"POST"
+        request.uri = b"/apps/1/events"
+        request.clientproto = b"HTTP/1.1"
+        request.code = 200
+        request.sentLength = 2
+        site.log(request)
+        return output.getvalue()
+
+    def test_quiet_by_default(self) -> None:
+        """
+        Without debug no line is written per request, so a busy API does
+        not log every trigger.
+        """
+        self.assertEqual(self._logged(False), "")
+
+    def test_debug_logs_requests(self) -> None:
+        """
+        With debug each request gets its access-log line.
+        """
+        self.assertIn('"POST /apps/1/events HTTP/1.1" 200', self._logged(True))
