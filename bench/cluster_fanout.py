@@ -209,12 +209,14 @@ def main() -> None:
         latencies: list[int] = []
         by_port: dict[str, list[int]] = {}
         last_ns = t0_ns
+        client_cpu: list[float] = []
         for proc in procs:
             proc.stdin.write(b"report\n")  # type: ignore[union-attr]
             proc.stdin.flush()  # type: ignore[union-attr]
             report = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
             latencies += [int(us * 1000) for us in report["latencies_us"]]
             last_ns = max(last_ns, int(report["last_us"] * 1000))
+            client_cpu.append(round(report["cpu_pct"], 1))
             for port, values in report["by_port"].items():
                 by_port.setdefault(port, []).extend(int(us * 1000) for us in values)
         elapsed = time.monotonic() - t0
@@ -253,6 +255,8 @@ def main() -> None:
                     ],
                     "node_cpu_ms_per_1k_deliveries": round(sum(cpu_after) - sum(cpu_before), 1)
                     / max(1, delivered / 1000),
+                    # Above ~75 % a client process, not the cluster, limits latency.
+                    "client_cpu_pct": client_cpu,
                     "wall_s": round(elapsed, 1),
                 },
                 indent=1,

@@ -23,6 +23,8 @@ const byPort = {};
 let subscribed = 0;
 let reported = false;
 let lastUs = 0;
+let cpuBase = process.cpuUsage();
+let wallBase = nowUs();
 
 function nowUs() {
   return Number(process.hrtime.bigint() / 1000n);
@@ -57,7 +59,11 @@ function open(i) {
       ws.send(JSON.stringify({ event: 'pusher:subscribe', data: { channel } }));
     } else if (frame.event === 'pusher_internal:subscription_succeeded') {
       subscribed++;
-      if (subscribed === count) announce();
+      if (subscribed === count) {
+        cpuBase = process.cpuUsage();
+        wallBase = nowUs();
+        announce();
+      }
     } else if (frame.event === 'pusher:ping') {
       ws.send('{"event":"pusher:pong","data":{}}');
     }
@@ -78,7 +84,13 @@ let input = '';
 process.stdin.on('data', (chunk) => {
   input += chunk;
   if (input.includes('report')) {
-    process.stdout.write(JSON.stringify({ type: 'report', latencies_us: latencies, by_port: byPort, last_us: lastUs }) + '\n', () =>
+    process.stdout.write(JSON.stringify({
+        type: 'report',
+        latencies_us: latencies,
+        by_port: byPort,
+        last_us: lastUs,
+        cpu_pct: (100 * ((c) => c.user + c.system)(process.cpuUsage(cpuBase))) / Math.max(1, nowUs() - wallBase),
+      }) + '\n', () =>
       process.exit(0),
     );
   }

@@ -216,6 +216,10 @@ class _Side:
         """
         protocol = proxy._protocol if hasattr(proxy, "_protocol") else proxy
         self.rejected += 1
+        no_delay = getattr(protocol.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            # Small PUBLISH/EVALSHA writes must not wait for Nagle.
+            no_delay(True)
         gone: list[bool] = []
         protocol.whenDisconnected().addCallback(lambda _: gone.append(True))
 
