@@ -19,7 +19,12 @@ from zope.interface.verify import verifyObject
 from sockudo_tw.adapters import IAdapter, ILocalSocket
 from sockudo_tw.adapters._redis_link import RedisUnavailableError
 from sockudo_tw.adapters.local import LocalAdapter
-from sockudo_tw.adapters.redis import RedisAdapter, RedisNodeOptions
+from sockudo_tw.adapters.redis import (
+    RedisAdapter,
+    RedisNodeOptions,
+    RedisServer,
+    parse_redis_url,
+)
 from sockudo_tw.hooks import NoPusherEvents
 from sockudo_tw.pusher import events
 from sockudo_tw.pusher.presence import PresenceMember
@@ -733,3 +738,31 @@ class BusMessageTests(SynchronousTestCase):
         a.broadcast("app", "ch", b'{"x":1}', "1.1\x1fjunk")
         cluster.flush()
         self.assertEqual(socket.frames, [b'{"x":1}'])
+
+
+class RedisUrlTests(SynchronousTestCase):
+    """
+    Reading the adapter's Redis URL.
+    """
+
+    def test_full_url(self) -> None:
+        """
+        Credentials (percent-decoded), port, database and TLS are read.
+        """
+        server = parse_redis_url("rediss://user:p%40ss@redis.internal:6380/2")
+        self.assertEqual(server, RedisServer("redis.internal", 6380, 2, "user", "p@ss", tls=True))
+
+    def test_defaults(self) -> None:
+        """
+        A bare URL means port 6379, no database selection, no TLS.
+        """
+        self.assertEqual(parse_redis_url("redis://127.0.0.1"), RedisServer("127.0.0.1"))
+
+    def test_refused(self) -> None:
+        """
+        Unix sockets and a non-numeric database are refused clearly.
+        """
+        for url in ("unix:///tmp/redis.sock", "redis://h/db0"):
+            with self.assertRaises(ValueError) as caught:
+                parse_redis_url(url)
+            self.assertIn(url, str(caught.exception))

@@ -118,7 +118,7 @@ from urllib.parse import unquote, urlsplit
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -1031,7 +1031,7 @@ def _to_int(reply: Any) -> int:
 @attrs.frozen
 class RedisServer:
     """
-    Where Redis is, from a C{redis://} URL.
+    Where Redis is, from a C{redis://} or C{rediss://} (TLS) URL.
     """
 
     host: str = "127.0.0.1"
@@ -1039,15 +1039,16 @@ class RedisServer:
     db: int | None = None
     username: str | None = None
     password: str | None = None
+    tls: bool = False
 
 
 def parse_redis_url(url: str) -> RedisServer:
     """
-    Read C{redis://[user[:password]@]host[:port][/db]}. C{rediss://} (TLS)
-    and Unix sockets are refused with a clear message.
+    Read C{redis[s]://[user[:password]@]host[:port][/db]}; other schemes
+    (Unix sockets, clusters) are refused with a clear message.
     """
     parts = urlsplit(url)
-    if parts.scheme != "redis":
+    if parts.scheme not in ("redis", "rediss"):
         raise ValueError(f"adapter.redis: unsupported Redis URL scheme {parts.scheme!r} in {url!r}")
     path = parts.path.strip("/")
     if path and not path.isdigit():
@@ -1058,6 +1059,7 @@ def parse_redis_url(url: str) -> RedisServer:
         db=int(path) if path else None,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
+        tls=parts.scheme == "rediss",
     )
 
 
@@ -1081,5 +1083,9 @@ def redis_adapter_from_config(
         username=server.username,
         db=server.db,
     )
-    endpoint = HostnameEndpoint(reactor, server.host, server.port, timeout=5)
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, server.host, server.port, timeout=5)
+    if server.tls:
+        from twisted.internet.ssl import optionsForClientTLS
+
+        endpoint = wrapClientTLS(optionsForClientTLS(server.host), endpoint)
     return RedisAdapter(reactor, endpoint, options, local=local)
