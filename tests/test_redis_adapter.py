@@ -766,3 +766,40 @@ class RedisUrlTests(SynchronousTestCase):
             with self.assertRaises(ValueError) as caught:
                 parse_redis_url(url)
             self.assertIn(url, str(caught.exception))
+
+
+class FromConfigTests(SynchronousTestCase):
+    """
+    Building the adapter from the daemon's configuration.
+    """
+
+    def test_options(self) -> None:
+        """
+        Prefix, timeouts and heartbeats come from C{adapter}; the URL from
+        C{REDIS_URL} (or C{adapter.redis.redis_pub_options.url}).
+        """
+        from sockudo_tw.adapters.redis import redis_adapter_from_config
+        from sockudo_tw.config import parse_config
+
+        config = parse_config(
+            {
+                "adapter": {
+                    "driver": "redis",
+                    "redis": {"prefix": "p:", "requests_timeout": 1500},
+                    "cluster_health": {
+                        "heartbeat_interval_ms": 1000,
+                        "node_timeout_ms": 6000,
+                        "cleanup_interval_ms": 1000,
+                    },
+                }
+            },
+            {"REDIS_URL": "redis://:secret@127.0.0.1:6390/3"},
+        )
+        adapter = redis_adapter_from_config(config, MemoryReactorClock())
+        options = adapter.options
+        self.assertEqual(
+            (options.prefix, options.requests_timeout, options.password, options.db),
+            ("p:", 1.5, "secret", 3),
+        )
+        self.assertEqual((options.period, options.ttl_ms), (1.0, 5000))
+        self.assertEqual(adapter.link.channel, b"p:#bus")
