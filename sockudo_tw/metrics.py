@@ -391,11 +391,17 @@ class AppMetrics:
         if fanout_ms is not None:
             self.broadcast_fanout_duration.observe(fanout_ms)
         if latency_ms is not None:
-            key = (channel_type, recipient_count_bucket(recipients))
-            histogram = self.broadcast_latency.get(key)
-            if histogram is None:
-                histogram = self.broadcast_latency[key] = _Histogram(_BROADCAST_LATENCY_BUCKETS)
-            histogram.observe(latency_ms)
+            self.broadcast_latency_observed(channel_type, recipients, latency_ms)
+
+    def broadcast_latency_observed(self, channel_type: str, recipients: int, ms: float) -> None:
+        """
+        Observe Sockudo's C{broadcast_latency_ms} for one broadcast.
+        """
+        key = (channel_type, recipient_count_bucket(recipients))
+        histogram = self.broadcast_latency.get(key)
+        if histogram is None:
+            histogram = self.broadcast_latency[key] = _Histogram(_BROADCAST_LATENCY_BUCKETS)
+        histogram.observe(ms)
 
     # HTTP API and rate limits
 
@@ -985,9 +991,15 @@ class MetricsObserver(NoPusherEvents):
 
     def broadcast_timed(self, app_id: str, channel: str, recipients: int, seconds: float) -> None:
         """
-        Observe how long the local fan-out of one broadcast took.
+        Observe how long the local fan-out of one broadcast took, which is
+        also Sockudo's C{broadcast_latency_ms}: the adapter fans out as soon
+        as the publish is accepted, so this is publish to delivered on this
+        node (for events from other nodes it leaves out the Redis hop).
         """
-        self._app(app_id).broadcast_fanout_duration.observe(seconds * 1000.0)
+        ms = seconds * 1000.0
+        app = self._app(app_id)
+        app.broadcast_fanout_duration.observe(ms)
+        app.broadcast_latency_observed(channel_type_label(channel_type(channel)), recipients, ms)
 
     def slow_consumer_closed(self, app_id: str, socket_id: str) -> None:
         """

@@ -698,6 +698,17 @@ class ObserverTests(SynchronousTestCase):
         self.assertEqual(result.value("sockudo_broadcast_fanout_size_sum"), 4)
         self.assertEqual(result.value("sockudo_outbound_buffer_closes_total"), 1)
 
+    def test_broadcast_latency(self) -> None:
+        """
+        A timed fan-out is observed as Sockudo's C{broadcast_latency_ms},
+        labelled with the channel type and the recipient-count bucket.
+        """
+        self.observer.broadcast_timed("a", "presence-room", 50, 0.002)
+        result = scrape(self.registry)
+        labels = {"app_id": "a", "channel_type": "presence", "recipient_count_bucket": "sm"}
+        self.assertEqual(result.value("sockudo_broadcast_latency_ms_count", **labels), 1)
+        self.assertAlmostEqual(result.value("sockudo_broadcast_latency_ms_sum", **labels), 2.0)
+
 
 class _Echo(Resource):
     """
