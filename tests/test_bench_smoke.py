@@ -80,7 +80,7 @@ class BenchSmokeTests(SynchronousTestCase):
         Skip (or fail in CI) without Node and the tool's dependencies, then
         start C{twistd -n sockudo} on a free loopback port with the tool's
         config (C{bench/sockudo-bench.json}: app-id / app-key / app-secret,
-        no rate limiting, which would refuse a load test by design).
+        rate limiting off, since a limiter refuses load by design).
         """
         missing = _missing()
         if missing:
