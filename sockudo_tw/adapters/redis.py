@@ -24,8 +24,7 @@ decide Pusher's transitions atomically, with node liveness in Redis. We use
     whichever survivor runs it first gets the transitions and every other
     survivor gets nothing (exactly-once, no lock key needed).
 
-Measured (2-core machine shared with other test runs, load average 3-7,
-Redis 7.0.15 on loopback, hiredis; commands in the README):
+Measured (2-core machine, Redis 7.0.15 on loopback, hiredis):
 
   - Redis-side cost (C{INFO commandstats}): 36 us per script call on
     average over subscribe/join/leave; HGETALL of a 500-channel app 30 us.
@@ -34,19 +33,21 @@ Redis 7.0.15 on loopback, hiredis; commands in the README):
     member list), 73,000 PUBLISH/s. A resync or purge of a node holding
     10,000 memberships is one script of ~100 ms (Redis is blocked meanwhile).
   - C{python bench/cluster_fanout.py --nodes 3 --subscribers 1000 --rate R
-    --duration 10}: triggers to one node, subscribers spread over 3 nodes.
-    R=20: 301,000/301,000 delivered (15 s run), p50 52 ms, p99 203 ms
-    (origin node p50 30 ms, other nodes 65 ms). R=100: 100,100
-    deliveries/s, 0 lost, p50 37 ms, p99 185 ms. R=200: 200,100/s, 0 lost,
-    p50 78 ms, p99 246 ms. R=300 saturates the box: 257,000/s, 0 lost,
-    p50 0.6 s, p99 4 s. Server CPU (3 nodes together) per 1,000
-    deliveries: 21.5 ms at R=20, 5.7 ms at R=200; one node with the local
-    adapter under the same R=20 load (C{bench/run.js --scenario fanout}):
-    20.9 ms, p50 19 ms, p99 43 ms.
+    --duration 10}: triggers to one node, subscribers spread over 3 nodes,
+    0 lost in every run. On a quiet machine (load average < 1 at start):
+    R=20: 20,000 deliveries/s, p50 14 ms, p99 29 ms; R=100: 99,800/s, p50
+    39 ms, p99 96 ms; R=200: 198,000/s, p50 103 ms, p99 233 ms; R=300:
+    297,000/s, p50 117 ms, p99 233 ms. Same script with C{--nodes 1}: R=20
+    p50 21 ms, p99 47 ms; R=100 p50 29 ms, p99 61 ms. Server CPU (all nodes)
+    per 1,000 deliveries: 20 ms at R=20, 4.9 ms at R=200, 3.6 ms at R=300
+    (one node with the local adapter, C{bench/run.js --scenario fanout} at
+    R=20: 20.9 ms). With other test runs loading the 2 cores (load average
+    3-7) the same runs gave p50 40-200 ms and p99 200-470 ms.
   - Design (a) would add to every REST query a wait for N-1 answers (up to
     C{requests_timeout}, 5 s, whenever a node is dead) and O(N^2) pub/sub
     traffic for heartbeats and presence replication; (b) answers a query
-    in one round trip (about 0.2 ms here) whatever the number of nodes.
+    in one Redis round trip (an HGET from redis-py: 120 us on this
+    loopback) whatever the number of nodes, dead ones included.
 
 Data model (all keys start with the configured prefix C{P}):
 
