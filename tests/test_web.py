@@ -240,3 +240,46 @@ class AccessLogTests(SynchronousTestCase):
         With debug each request gets its access-log line.
         """
         self.assertIn('"POST /apps/1/events HTTP/1.1" 200', self._logged(True))
+
+
+class _Recorder(Resource):
+    """
+    A leaf that remembers the C{args} and body of the request it rendered.
+    """
+
+    isLeaf = True  # noqa: N815 (twisted.web's name)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[dict[bytes, list[bytes]], bytes]] = []
+
+    def render_POST(self, request: Request) -> bytes:
+        assert request.content is not None
+        self.seen.append((dict(request.args or {}), request.content.read()))
+        return b""
+
+
+class FormBodyTests(SynchronousTestCase):
+    """
+    The listeners' C{Site} does not parse POST bodies as HTML forms.
+    """
+
+    def test_form_body_not_parsed(self) -> None:
+        """
+        A form-encoded POST body stays out of C{request.args} (only the
+        query string is there) and is read whole by the resource, with or
+        without the access log.
+        """
+        for access_log in (False, True):
+            recorder = _Recorder()
+            site = make_site(recorder, access_log=access_log)
+            channel = DummyChannel()
+            channel.site = site
+            request = site.requestFactory(channel)
+            request.requestHeaders.setRawHeaders(
+                b"content-type", [b"application/x-www-form-urlencoded"]
+            )
+            request.gotLength(7)
+            request.handleContentChunk(b"a=1&b=2")
+            request.requestReceived(b"POST", b"/x?q=1", b"HTTP/1.1")
+            self.assertEqual(recorder.seen, [({b"q": [b"1"]}, b"a=1&b=2")])
