@@ -14,10 +14,13 @@ from urllib.parse import quote, urlencode
 from treq.client import HTTPClient
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
+from twisted.web.test.requesthelper import DummyChannel
 
 from sockudo_tw.api import PusherApi
 from sockudo_tw.apps import MemoryAppStore
@@ -1111,3 +1114,130 @@ class KeepAliveTests(TestCase):
             self.assertEqual(len(adapter.broadcasts), 3)
 
         return Deferred.fromCoroutine(check())
+
+
+class _PendingAppStore(MemoryAppStore):
+    """
+    A memory app store whose C{find_by_id} answers only when the test says,
+    like a remote store would.
+    """
+
+    def __init__(self, apps: list[App]) -> None:
+        super().__init__(apps)
+        self.pending: list[tuple[Deferred[App | None], App | None]] = []
+
+    def find_by_id(self, app_id: str) -> Deferred[App | None]:
+        d: Deferred[App | None] = Deferred()
+        self.pending.append((d, self.memory_answer(app_id)))
+        return d
+
+    def memory_answer(self, app_id: str) -> App | None:
+        """
+        What the memory store would have answered.
+        """
+        found: list[App | None] = []
+        super().find_by_id(app_id).addCallback(found.append)
+        return found[0]
+
+
+class _FailingAdapter(RecordingAdapter):
+    """
+    An adapter whose broadcast fails, as a bug would.
+    """
+
+    def broadcast(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("boom")
+
+
+class TriggerFastPathTests(ApiTestMixin, SynchronousTestCase):
+    """
+    C{POST /apps/{id}/events} skips Klein but answers as Klein would.
+    """
+
+    def _request(self, api: PusherApi, path: str = "/apps/3/events") -> tuple[Request, Any]:
+        """
+        Start a signed trigger through a real C{Request} on a fake channel.
+
+        @return: the request and the channel's transport.
+        """
+        body = json.dumps({"name": "e", "channel": "c", "data": "d"}).encode()
+        query = sign_api_query(KEY, SECRET, "POST", path, [], body, NOW)
+        channel = DummyChannel()
+        channel.site = Site(api.resource())
+        request = Request(channel)
+        request.gotLength(len(body))
+        request.handleContentChunk(body)
+        request.requestReceived(b"POST", f"{path}?{urlencode(query)}".encode(), b"HTTP/1.1")
+        return request, channel.transport
+
+    def test_pending_store_answers_later(self) -> None:
+        """
+        While the app lookup is pending nothing is written; when it answers
+        the event is published and the 200 is sent.
+        """
+        store = _PendingAppStore([App(id="3", key=KEY, secret=SECRET)])
+        api = PusherApi(clock=self.clock, app_store=store, adapter=self.adapter, cache=self.cache)
+        request, transport = self._request(api)
+        self.assertEqual(transport.written.getvalue(), b"")
+        d, app = store.pending[0]
+        d.callback(app)
+        self.assertTrue(transport.written.getvalue().startswith(b"HTTP/1.1 200 OK"))
+        self.assertEqual(len(self.adapter.broadcasts), 1)
+        self.assertTrue(request.finished)
+
+    def test_client_gone_cancels(self) -> None:
+        """
+        A client that disconnects while the lookup is pending cancels the
+        trigger: nothing is published or written, and nothing is logged.
+        """
+        store = _PendingAppStore([App(id="3", key=KEY, secret=SECRET)])
+        api = PusherApi(clock=self.clock, app_store=store, adapter=self.adapter, cache=self.cache)
+        request, transport = self._request(api)
+        request.connectionLost(Failure(ConnectionDone()))
+        d, _ = store.pending[0]
+        self.assertTrue(d.called)
+        self.assertEqual(self.adapter.broadcasts, [])
+        self.assertEqual(transport.written.getvalue(), b"")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_internal_error(self) -> None:
+        """
+        A bug in the trigger path is logged and answered with the JSON 500.
+        """
+        api = PusherApi(
+            clock=self.clock, app_store=self.apps, adapter=_FailingAdapter(), cache=self.cache
+        )
+        self.treq = StubTreq(api.resource())
+        response = self.trigger({"name": "e", "channel": "c", "data": "d"})
+        self.assertEqual((response.code, response.json), (500, {"error": "Internal Server Error"}))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_same_answers_as_klein(self) -> None:
+        """
+        Triggers (accepted or refused) and paths close to the trigger route
+        get the same status, headers and body with the fast path as from
+        Klein alone.
+        """
+        body = json.dumps({"name": "e", "channel": "c", "data": "d"}).encode()
+        requests: list[tuple[str, str, bytes]] = [
+            ("POST", "/apps/3/events", body),
+            ("POST", "/apps/3/events", b"{"),
+            ("POST", "/apps/9/events", body),
+            ("POST", "/apps/5/events", body),
+            ("POST", "/apps/3/events/", body),
+            ("POST", "/apps/a%2Fb/events", body),
+            ("POST", "/apps/%FF/events", body),
+            ("GET", "/apps/3/events", b""),
+        ]
+        fast = StubTreq(self.api.resource())
+        klein = StubTreq(self.api.app.resource())
+        for method, path, payload in requests:
+            query = urlencode(sign_api_query(KEY, SECRET, method, path, [], payload, NOW))
+            answers = []
+            for self.treq in (fast, klein):
+                response = self.raw(method, f"{path}?{query}", payload)
+                response.headers.pop(b"date", None)
+                answers.append((response.code, response.headers, response.body))
+            self.assertEqual(answers[0], answers[1], (method, path))
+        self.assertEqual(len(self.adapter.broadcasts), 2)
+        self.flushLoggedErrors()
