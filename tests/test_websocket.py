@@ -101,6 +101,25 @@ class ConnectTests(SynchronousTestCase):
         self.assertRegex(json.loads(f["data"])["socket_id"], r"^\d+\.\d+$")
         self.assertIn(c.protocol, h.factory.protocols)
 
+    def test_handshake_state_dropped(self) -> None:
+        """
+        Once open, a connection keeps none of the opening handshake (headers,
+        raw request and response, parsed query) and a compact C{__dict__},
+        and still works: a subscription and a ping are answered.
+        """
+        h = Harness()
+        c = h.connect()
+        attributes = vars(c.protocol)
+        for name in ("http_headers", "http_request_data", "http_response_data", "_wskey"):
+            self.assertNotIn(name, attributes)
+        self.assertIsNone(c.protocol._handshake)
+        self.assertLessEqual(len(attributes), 85)
+        self.assertEqual(list(c.protocol.send_queue), [])
+        [ok] = c.send({"event": "pusher:subscribe", "data": {"channel": "a"}})
+        self.assertEqual(ok["event"], "pusher_internal:subscription_succeeded")
+        [pong] = c.send({"event": "pusher:ping", "data": {}})
+        self.assertEqual(pong["event"], "pusher:pong")
+
     def test_protocols(self) -> None:
         """
         Protocols 4 to 7 are accepted.
