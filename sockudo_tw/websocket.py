@@ -9,14 +9,17 @@ What lives here is I/O policy: the upgrade is always completed and
 rejections are sent as C{pusher:error} plus a close; broadcast frames are
 written straight to the transport when it is idle; each connection's
 outbound buffer is bounded (close 4100 "Over capacity" beyond it); timers
-are one lazy C{callLater} per connection; disconnect cleanup runs in chunks
+are lazy, one deadline per connection in a heap the factory runs with a
+single C{callLater}; disconnect cleanup runs in chunks
 so that thousands of sockets dropping at once never stall the reactor.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Iterable
+from itertools import count
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -136,6 +139,98 @@ class _Backpressure:
         self.paused = False
 
 
+class _Deadlines:
+    """
+    Every connection's next timer deadline (activity ping, pong timeout,
+    user authentication timeout) in one heap, behind one reactor call for
+    the earliest.
+
+    A C{DelayedCall} per connection cost about 0.7 KiB each; an entry here
+    is a tuple and a one-item list. Each connection has at most one live
+    entry: it is re-added only when its deadline fires, and a closed
+    connection empties its entry's list so the heap does not keep it alive.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._heap: list[tuple[float, int, list[PusherProtocol | None]]] = []
+        self._order = count()
+        self._call: IDelayedCall | None = None
+        self._armed_for = 0.0
+        self._firing = False
+        self._live = 0
+
+    def add(self, when: float, protocol: PusherProtocol) -> list[PusherProtocol | None]:
+        """
+        Call C{protocol._tick()} at C{when}.
+
+        @return: the entry's handle; set its item to L{None} to cancel.
+        """
+        handle: list[PusherProtocol | None] = [protocol]
+        heapq.heappush(self._heap, (when, next(self._order), handle))
+        self._live += 1
+        if not self._firing and (self._call is None or when < self._armed_for):
+            self._arm(when)
+        return handle
+
+    def cancel(self, handle: list[PusherProtocol | None]) -> None:
+        """
+        Forget the entry of C{handle} (its connection is gone). The entry
+        stays in the heap until it is due, unless stale entries outnumber
+        live ones, when the heap is rebuilt without them; with no live entry
+        left the reactor call is cancelled too.
+        """
+        if handle[0] is None:
+            return
+        handle[0] = None
+        self._live -= 1
+        heap = self._heap
+        if self._live == 0:
+            heap.clear()
+            if self._call is not None and self._call.active():
+                self._call.cancel()
+            self._call = None
+        elif len(heap) > 1024 and len(heap) > 2 * self._live and not self._firing:
+            self._heap = [entry for entry in heap if entry[2][0] is not None]
+            heapq.heapify(self._heap)
+
+    def _arm(self, when: float) -> None:
+        """
+        Have the reactor call L{_fire} at C{when}.
+        """
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._armed_for = when
+        self._call = self._clock.callLater(max(0.0, when - self._clock.seconds()), self._fire)
+
+    def _fire(self) -> None:
+        """
+        Run every deadline that has come, in deadline order, then wait for
+        the next one.
+        """
+        self._call = None
+        heap = self._heap
+        now = self._clock.seconds()
+        # Connections re-add themselves while this runs; arm once, after.
+        self._firing = True
+        try:
+            for _ in range(len(heap)):
+                if not heap or heap[0][0] > now:
+                    break
+                _, _, handle = heapq.heappop(heap)
+                protocol = handle[0]
+                if protocol is not None:
+                    handle[0] = None
+                    self._live -= 1
+                    protocol._tick()
+        finally:
+            self._firing = False
+            if self._live == 0:
+                heap.clear()
+            if heap:
+                self._arm(heap[0][0])
+
+
 @implementer(ILocalSocket)
 class PusherProtocol(WebSocketServerProtocol):
     """
@@ -152,7 +247,7 @@ class PusherProtocol(WebSocketServerProtocol):
         self.session: Session | None = None
         self.socket_id = ""
         self._handshake: tuple[str, dict[str, list[str]], str | None] | None = None
-        self._timer: IDelayedCall | None = None
+        self._timer: list[PusherProtocol | None] | None = None
         self._gone = False
         self._early: list[tuple[bytes, bool]] | None = []
         self._backpressure = _Backpressure()
@@ -225,8 +320,8 @@ class PusherProtocol(WebSocketServerProtocol):
             return
         self._gone = True
         self._early = None
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        if self._timer is not None:
+            self.factory._deadlines.cancel(self._timer)
         self._timer = None
         session = self.session
         if session is not None:
@@ -381,13 +476,12 @@ class PusherProtocol(WebSocketServerProtocol):
         self._apply(session, effects)
 
     def _schedule(self, session: Session) -> None:
-        reactor = self.factory.reactor
-        delay = max(0.0, session.next_deadline() - reactor.seconds())
-        self._timer = reactor.callLater(delay, self._tick, session)
+        self._timer = self.factory._deadlines.add(session.next_deadline(), self)
 
-    def _tick(self, session: Session) -> None:
+    def _tick(self) -> None:
         self._timer = None
-        if self._gone:
+        session = self.session
+        if self._gone or session is None:
             return
         try:
             self._apply(session, session.tick(self.factory.reactor.seconds()))
@@ -605,6 +699,7 @@ class PusherFactory(WebSocketServerFactory):
             perMessageCompressionAccept=lambda offers: None,
         )
         self._use_reactor_for_timers(reactor)
+        self._deadlines = _Deadlines(reactor)
         self._cleanup: deque[tuple[App, str]] = deque()
         self._cleanup_call: IDelayedCall | None = None
         self._dirty_counts: dict[tuple[str, str], App] = {}

@@ -501,6 +501,30 @@ class LivenessTests(SynchronousTestCase):
         a.pump()
         self.assertIsNone(a.close_code)
 
+    def test_one_timer_for_all_connections(self) -> None:
+        """
+        Many connections share one reactor call for their deadlines; each
+        still gets its activity ping on time, and once all are closed no
+        call is left.
+        """
+        h = Harness()
+        clients = [h.connect() for _ in range(20)]
+        h.clock.advance(1)
+        later = [h.connect() for _ in range(5)]
+        self.assertEqual(len(h.clock.getDelayedCalls()), 1)
+        h.clock.advance(119)
+        for c in clients:
+            self.assertEqual([f["event"] for f in c.pump()], ["pusher:ping"])
+        for c in later:
+            self.assertEqual(c.pump(), [])
+        h.clock.advance(1)
+        for c in later:
+            self.assertEqual([f["event"] for f in c.pump()], ["pusher:ping"])
+        for c in clients + later:
+            c.disconnect()
+        h.flush()
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
     def test_lazy_timer(self) -> None:
         """
         Messages do not create or reset timers: one pending call per
