@@ -56,6 +56,7 @@ __all__ = [
     "SslConfig",
     "UnixSocketConfig",
     "WebhooksConfig",
+    "check_workers",
     "load_config",
     "parse_config",
     "parse_permission_mode",
@@ -361,6 +362,7 @@ class ServerConfig:
     webhooks: WebhooksConfig = WebhooksConfig()
     database_redis: DatabaseRedisConfig = DatabaseRedisConfig()
     logging: LoggingConfig = LoggingConfig()
+    workers: int = 1
     warnings: tuple[str, ...] = ()
 
 
@@ -908,13 +910,34 @@ def _parse_file_tree(data: Mapping[str, Any], warnings: list[str]) -> ServerConf
         webhooks=webhooks_config,
         database_redis=database_redis,
         logging=logging_config,
+        workers=top.integer("workers", 1, minimum=1),
     )
+    check_workers(config)
     # path_prefix is unused in Sockudo too; the top-level cluster_health is
     # Sockudo's unused copy (see CLUSTER_HEALTH_* below).
     if top.raw("path_prefix") in (None, "/"):
         top.ignore("path_prefix")
     top.finish()
     return config
+
+
+def check_workers(config: ServerConfig) -> None:
+    """
+    C{workers} above 1 runs processes joined through the Redis adapter and
+    sharing plain sockets (see L{sockudo_tw.workers}).
+
+    @raise ConfigError: for a combination that cannot work.
+    """
+    if config.workers > 1 and config.adapter.driver != "redis":
+        raise ConfigError(
+            f"workers: {config.workers} processes must share their state through"
+            f' adapter.driver "redis", got {config.adapter.driver!r}'
+        )
+    if config.workers > 1 and config.ssl.enabled:
+        raise ConfigError(
+            "workers: more than 1 process cannot share TLS listeners (ssl.enabled);"
+            " terminate TLS in front of the workers"
+        )
 
 
 def _check_readable(path: str, key: str) -> None:

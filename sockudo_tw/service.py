@@ -455,6 +455,7 @@ def make_service(
     listen: Sequence[str] = (),
     log_observer: ILogObserver | None = None,
     metrics_resource: IResource | None = None,
+    worker_args: Sequence[str] = (),
 ) -> SockudoService:
     """
     Compose the daemon from C{config}.
@@ -466,6 +467,8 @@ def make_service(
     @param metrics_resource: served on its own listener at
         C{metrics.host:metrics.port} when C{metrics.enabled} instead of
         the daemon's own metrics (L{None}: a fresh L{PusherMetrics}).
+    @param worker_args: the plugin options a worker process is started
+        with when C{config.workers} > 1 (L{sockudo_tw.workers}).
     """
     log = Logger(namespace="sockudo_tw.service")
     warnings = list(config.warnings)
@@ -534,6 +537,18 @@ def make_service(
         root.prepare_steps.append(lambda: prepare_unix_socket(path))
     for description in descriptions:
         root.add_listener(strports.service(description, site, reactor=reactor))
+    if config.workers > 1:
+        from sockudo_tw.workers import WorkerPool
+
+        # Only these main listeners are shared (not metrics, not the redirect).
+        pool = WorkerPool(
+            reactor,
+            config.workers,
+            list(root.listeners),
+            worker_args,
+            grace_period=config.shutdown_grace_period,
+        )
+        root.add_listener(pool)
     if not listen and config.ssl.enabled and config.ssl.redirect_http:
         redirect = make_site(RedirectToHttps(config.port))
         interface = escape_strport(config.host)

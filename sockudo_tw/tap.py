@@ -14,13 +14,14 @@ import sys
 from collections.abc import Mapping
 from typing import IO, Any
 
+import attrs
 from twisted.application.service import IService
 from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 from twisted.python.logfile import LogFile
 
-from sockudo_tw.config import ConfigError, ServerConfig, load_config
+from sockudo_tw.config import ConfigError, ServerConfig, check_workers, load_config
 from sockudo_tw.logs import make_log_observer
 
 __all__ = ["Options", "makeService"]
@@ -43,6 +44,7 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", None, "Sockudo-style config.json to load."],
+        ["workers", "w", None, "Processes sharing the listening sockets (overrides workers)."],
     ]
 
     def __init__(self) -> None:
@@ -73,6 +75,12 @@ class Options(usage.Options):
 
         try:
             self.server_config = load_config(self["config"], self.environ)
+            if self["workers"] is not None:
+                workers = self["workers"]
+                if not workers.isdigit() or int(workers) < 1:
+                    raise ConfigError(f"--workers: expected an integer >= 1, got {workers!r}")
+                self.server_config = attrs.evolve(self.server_config, workers=int(workers))
+                check_workers(self.server_config)
             validate_queue_driver(self.server_config.queue.driver)
             validate_webhook_targets(self.server_config.app_manager.apps)
         except (ConfigError, ValueError) as e:
@@ -114,4 +122,12 @@ def makeService(options: Options) -> IService:
         if output is None
         else make_log_observer(output, config.logging.output_format, config.debug)
     )
-    return make_service(config, reactor, listen=options["listen"], log_observer=observer)
+    # What a worker process needs to rebuild the same daemon.
+    worker_args = ["--config", os.path.abspath(options["config"])] if options["config"] else []
+    return make_service(
+        config,
+        reactor,
+        listen=options["listen"],
+        log_observer=observer,
+        worker_args=worker_args,
+    )

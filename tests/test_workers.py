@@ -5,16 +5,22 @@ parent's listening sockets, restarted and stopped.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import sys
+import time
+import uuid
+from pathlib import Path
 from typing import Any
 
+from twisted.internet import task
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from sockudo_tw.workers import WorkerPool, child_arguments, inherited_listen_descriptions
 
@@ -194,3 +200,221 @@ class WorkerPoolTests(SynchronousTestCase):
         self.successResultOf(d)
         clock.advance(60)
         self.assertEqual(len(spawner.processes), 2)
+
+
+def _children(pid: int) -> list[int]:
+    """
+    The live child processes of C{pid} that run a worker, from /proc.
+    """
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[1]) == pid and b"sockudo_tw._worker_main" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class WorkersIntegrationTests(TestCase):
+    """
+    A real daemon with C{workers: 2} on the Redis adapter: two processes
+    accept on one port and serve one Pusher service.
+    """
+
+    timeout = 120
+
+    async def poll(self, check: Any, what: str, within: float = 15.0) -> Any:
+        from twisted.internet import reactor
+
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            await task.deferLater(reactor, 0.1)
+        self.fail(f"timed out waiting for {what}")
+
+    async def test_two_processes_one_service(self) -> None:
+        """
+        The child accepts connections on the parent's port (shown by pausing
+        one process at a time), events reach clients of both processes, and
+        stopping the daemon stops the child.
+        """
+        from tests.interop_harness import (
+            NodeDriver,
+            ServerProcess,
+            app_config,
+            http_get,
+            match,
+            require_node,
+        )
+        from tests.test_redis_cluster import delete_keys, require_redis
+
+        require_redis(self)
+        require_node(self)
+        prefix = f"sockudo_test_{uuid.uuid4().hex[:10]}:"
+        self.addCleanup(delete_keys, 6379, prefix)
+        config = {
+            "workers": 2,
+            "adapter": {
+                "driver": "redis",
+                "redis": {
+                    "prefix": prefix,
+                    "redis_pub_options": {"url": "redis://127.0.0.1:6379/0"},
+                },
+            },
+        }
+        server = await ServerProcess.start(self, [app_config()], config)
+        parent = server._transport.pid
+        children = await self.poll(lambda: _children(parent), "the worker process to start")
+        child = children[0]
+        self.addCleanup(lambda: _alive(child) and os.kill(child, signal.SIGKILL))
+        node = await NodeDriver.start(self, server.log_tail)
+        await node.init_sdk(
+            {
+                "appId": "123456",
+                "key": "interop-key",
+                "secret": "interop-secret",
+                "host": "127.0.0.1",
+                "port": str(server.port),
+                "useTLS": False,
+            }
+        )
+
+        async def connect_while_paused(paused: int, client: str) -> None:
+            os.kill(paused, signal.SIGSTOP)
+            try:
+                node.send(
+                    op="connect",
+                    client=client,
+                    key="interop-key",
+                    host="127.0.0.1",
+                    port=server.port,
+                    auth="sdk",
+                    presence=None,
+                    user=None,
+                    options={},
+                )
+                await node.wait_for(
+                    lambda o: o["type"] == "connected" and o["client"] == client,
+                    f"{client} to be accepted while pid {paused} is paused",
+                    within=20,
+                )
+            finally:
+                os.kill(paused, signal.SIGCONT)
+
+        # Wait until the child serves: its /up answers 200 (Redis joined)
+        # while the parent is paused.
+        from twisted.internet import reactor
+
+        deadline = time.monotonic() + 20
+        status: int | None = None
+        while status != 200 and time.monotonic() < deadline:
+            os.kill(parent, signal.SIGSTOP)
+            try:
+                status, _ = await http_get("127.0.0.1", server.port, "/up")
+            finally:
+                os.kill(parent, signal.SIGCONT)
+            await task.deferLater(reactor, 0.2)
+        self.assertEqual(status, 200, server.log_tail())
+        await connect_while_paused(parent, "on-child")
+        await connect_while_paused(child, "on-parent")
+        for client in ("on-child", "on-parent"):
+            node.send(op="subscribe", client=client, channel="workers", bind=[])
+            await node.wait_for(
+                match("event", client, channel="workers", event="pusher:subscription_succeeded"),
+                f"{client} subscribed",
+            )
+        for i in range(4):
+            result = await node.call_sdk("trigger", "workers", "hello", {"i": i})
+            self.assertEqual(result["status"], 200, result)
+        for client in ("on-child", "on-parent"):
+            await node.wait_count(
+                match("event", client, channel="workers", event="hello"), 4, f"{client} events"
+            )
+        await server.stop()
+        await self.poll(lambda: not _alive(child), "the worker to stop with the daemon")
+
+
+class WorkersSettingTests(SynchronousTestCase):
+    """
+    The C{workers} setting: config key, C{--workers}, and the service tree.
+    """
+
+    def test_config_key(self) -> None:
+        """
+        C{workers} is read from the file; 1 by default.
+        """
+        from sockudo_tw.config import parse_config
+
+        self.assertEqual(parse_config(None, {}).workers, 1)
+        config = parse_config({"workers": 3, "adapter": {"driver": "redis"}}, {})
+        self.assertEqual(config.workers, 3)
+
+    def test_needs_redis(self) -> None:
+        """
+        More than one worker without the Redis adapter is a configuration
+        error naming the key; fewer than one is refused.
+        """
+        from sockudo_tw.config import ConfigError, parse_config
+
+        with self.assertRaises(ConfigError) as local:
+            parse_config({"workers": 2}, {})
+        self.assertIn("workers", str(local.exception))
+        self.assertIn("redis", str(local.exception))
+        with self.assertRaises(ConfigError):
+            parse_config({"workers": 0}, {})
+
+    def test_cli_overrides(self) -> None:
+        """
+        C{--workers N} overrides the file, with the same checks.
+        """
+        from twisted.python import usage
+
+        from sockudo_tw.tap import Options
+
+        options = Options()
+        options.environ = {"ADAPTER_DRIVER": "redis"}
+        options.parseOptions(["--workers", "4"])
+        assert options.server_config is not None
+        self.assertEqual(options.server_config.workers, 4)
+        for bad in (["--workers", "2"], ["--workers", "two"]):
+            refused = Options()
+            refused.environ = {}
+            with self.assertRaises(usage.UsageError):
+                refused.parseOptions(bad)
+
+    def test_service_shares_main_listeners_only(self) -> None:
+        """
+        With workers > 1 the root service gets a worker pool that shares
+        the main listener, not the metrics one; with 1 there is none.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from sockudo_tw.config import parse_config
+        from sockudo_tw.service import make_service
+
+        config = parse_config(
+            {"workers": 2, "adapter": {"driver": "redis"}, "metrics": {"enabled": True}}, {}
+        )
+        root = make_service(config, MemoryReactorClock(), worker_args=["--config", "/c.json"])
+        pools = [s for s in root.listeners if isinstance(s, WorkerPool)]
+        self.assertEqual(len(pools), 1)
+        self.assertEqual(len(pools[0].listeners), 1)
+        self.assertEqual(pools[0].twistd_args, ["--config", "/c.json"])
+        single = make_service(parse_config(None, {}), MemoryReactorClock())
+        self.assertEqual([s for s in single.listeners if isinstance(s, WorkerPool)], [])
