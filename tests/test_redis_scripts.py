@@ -103,12 +103,12 @@ class ScriptTests(SynchronousTestCase):
         p = f"p{US}app{US}presence-x{US}u1"
         ttl = 200
         reply = self.redis.eval(HEARTBEAT.source, 0, self.prefix, "dead", ttl)
-        self.assertEqual(reply, [0, []])
+        self.assertEqual(reply, [0, [], 1])
         self.apply("dead", "d", p, 1, "{}")
         self.assertEqual(self.apply("dead", "p"), [0])
         time.sleep(0.3)
         alive = self.redis.eval(HEARTBEAT.source, 0, self.prefix, "alive", 10000)
-        self.assertEqual(alive, [0, [b"dead"]])
+        self.assertEqual(alive, [0, [b"dead"], 2])
         self.assertEqual(tr(self.apply("dead", "p")), [("r", "app", "presence-x", "u1")])
         self.assertEqual(self.apply("dead", "p"), [0])
         resync = self.apply("dead", "s", p, 1, "{}")

@@ -294,7 +294,8 @@ HEARTBEAT = LuaScript(
     r"""
 -- ARGV: prefix, node id, ttl ms. Push this node's liveness deadline to
 -- now + ttl (Redis clock) and list up to 16 nodes past their deadline.
--- Returns {1 if the node was registered already else 0, {dead node...}}.
+-- Returns {1 if the node was registered already else 0, {dead node...},
+-- number of registered nodes}.
 local P, node, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -303,7 +304,7 @@ local known = redis.call('ZSCORE', zk, node)
 redis.call('ZADD', zk, string.format('%d', now + ttl), node)
 local dead = redis.call('ZRANGEBYSCORE', zk, '-inf', '(' .. string.format('%d', now),
                         'LIMIT', 0, 16)
-return {known and 1 or 0, dead}
+return {known and 1 or 0, dead, redis.call('ZCARD', zk)}
 """
 )
 
@@ -455,6 +456,10 @@ class RedisAdapter(Service):
         self._held_since: float | None = None
         self.local_answers = 0
         self.purged_nodes = 0
+        # Registered nodes at the last heartbeat that found the registry
+        # intact: after a Redis restart the others re-register only when
+        # they reconnect, and held announcements wait for them.
+        self._cluster_size = 1
         self._beat = LoopingCall(self._heartbeat)
         self._beat.clock = clock
 
@@ -858,6 +863,9 @@ class RedisAdapter(Service):
 
         def beat(reply: list[Any]) -> None:
             known, dead = int(reply[0]), [_text(n) for n in reply[1]]
+            if known:
+                size = int(reply[2])
+                self._cluster_size = max(self._cluster_size, size) if self._held else size
             if not known and not force_sync:
                 self.log.warn("This node had been declared dead; re-registering its state")
                 self._sync()
@@ -909,7 +917,8 @@ class RedisAdapter(Service):
     def _release_held(self) -> None:
         """
         Announce held member events once as many nodes listen on the bus as
-        are registered, or after C{node_timeout} at the latest.
+        are registered (or were, before Redis lost its data), or after
+        C{node_timeout} at the latest.
         """
         if not self._held or not self.link.commands.up:
             return
@@ -924,7 +933,8 @@ class RedisAdapter(Service):
             subscribers = int((await listening)[1])
             nodes = int(await registered)
             waited = self.clock.seconds() - (self._held_since or 0.0)
-            if self._held and (subscribers >= nodes or waited >= self.options.node_timeout):
+            needed = max(nodes, self._cluster_size)
+            if self._held and (subscribers >= needed or waited >= self.options.node_timeout):
                 held, self._held, self._held_since = self._held, [], None
                 self._announce(held, to_self=False, report=False)
 
