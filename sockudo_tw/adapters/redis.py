@@ -93,9 +93,10 @@ holds for it) and publishes the member_added/member_removed frames that the
 other nodes missed: those of members that changed here during the outage,
 or all of this node's members if it had been purged as dead meanwhile (a
 stalled node; the purge leaves a tombstone the sync finds). They are held
-until as many nodes listen on the bus as are registered (PUBSUB NUMSUB vs
-the node set), at most C{node_timeout}, because after a Redis restart the
-others may still be redialling. The same sync runs if a heartbeat finds the
+until as many nodes listen on the bus as are registered, or were before
+Redis lost its data (PUBSUB NUMSUB vs the node set), at most
+C{node_timeout}, because after a Redis restart the others may still be
+redialling. The same sync runs if a heartbeat finds the
 node unknown (a Redis restart that lost the data: then nothing is
 re-announced). Other messages published while a node's subscriber
 connection was down are lost for that node (Pusher is at-most-once too).
