@@ -448,13 +448,24 @@ class ClusterTests(TestCase):
         """
         redis_server = PrivateRedis(self)
         await redis_server.start()
-        c = await Cluster.start(self, nodes=2, redis_port=redis_server.port)
+        # A short heartbeat: member events held through the outage are
+        # re-checked each beat until the other node has resubscribed (its
+        # reconnect backoff alone may take 10 s), so the default 7.5 s beat
+        # could outlast the wait below. The node timeout stays long, so the
+        # announcement waits for the listener instead of giving up on it.
+        c = await Cluster.start(
+            self, nodes=2, redis_port=redis_server.port, heartbeat_interval_ms=500
+        )
         await c.connect("a", 0, {"user_id": "a", "user_info": {}})
         await c.connect("b", 1, {"user_id": "b", "user_info": {}})
         await c.subscribe("a", "presence-o")
         await c.subscribe("b", "presence-o")
         await c.rest(0, "trigger", "presence-o", "before", {})
         await c.node.wait_for(match("event", "b", channel="presence-o", event="before"), "before")
+        # Let a few heartbeats pass so each node has counted the other: that
+        # count is how many listeners a node waits for before announcing what
+        # the others missed once Redis comes back empty.
+        await c.settle(1.5)
 
         await redis_server.kill_and_wait()
 

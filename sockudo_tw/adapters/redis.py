@@ -96,7 +96,9 @@ stalled node; the purge leaves a tombstone the sync finds). They are held
 until as many nodes listen on the bus as are registered, or were before
 Redis lost its data (PUBSUB NUMSUB vs the node set), at most
 C{node_timeout}, because after a Redis restart the others may still be
-redialling. The same sync runs if a heartbeat finds the
+redialling. How many were registered is learned from heartbeats, so a node
+that joined less than one heartbeat before Redis lost its data may not be
+waited for, and miss those announcements. The same sync runs if a heartbeat finds the
 node unknown (a Redis restart that lost the data: then nothing is
 re-announced). Other messages published while a node's subscriber
 connection was down are lost for that node (Pusher is at-most-once too).
