@@ -70,6 +70,7 @@ class Options(usage.Options):
         """
         Load and check the configuration now, before anything is bound.
         """
+        from sockudo_tw.adapters import validate_adapter_driver
         from sockudo_tw.queue import validate_queue_driver
         from sockudo_tw.webhooks import validate_webhook_targets
 
@@ -81,6 +82,7 @@ class Options(usage.Options):
                     raise ConfigError(f"--workers: expected an integer >= 1, got {workers!r}")
                 self.server_config = attrs.evolve(self.server_config, workers=int(workers))
                 check_workers(self.server_config)
+            validate_adapter_driver(self.server_config.adapter.driver)
             validate_queue_driver(self.server_config.queue.driver)
             validate_webhook_targets(self.server_config.app_manager.apps)
         except (ConfigError, ValueError) as e:

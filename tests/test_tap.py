@@ -84,9 +84,14 @@ class OptionsTests(SynchronousTestCase):
 
     def test_unsupported_backends(self) -> None:
         """
-        Backends Sockudo has and we refuse (the C{sqs} queue, Lambda webhook
-        targets) are usage errors naming what to use instead.
+        Backends Sockudo has and we refuse (the NATS and Redis Cluster
+        adapters, the C{sqs} queue, Lambda webhook targets) are usage errors
+        naming what to use instead.
         """
+        for driver in ("nats", "redis-cluster"):
+            with self.assertRaises(UsageError) as e:
+                _options({"ADAPTER_DRIVER": driver}).parseOptions([])
+            self.assertIn(f"adapter.driver: {driver!r} is not supported", str(e.exception))
         with self.assertRaises(UsageError) as e:
             _options({"QUEUE_DRIVER": "sqs"}).parseOptions([])
         self.assertIn('queue.driver: "sqs"', str(e.exception))

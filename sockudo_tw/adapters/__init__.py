@@ -16,7 +16,7 @@ from zope.interface import Attribute, Interface
 from sockudo_tw.pusher.presence import PresenceMember
 from sockudo_tw.registry import SignInOutcome, SocketRemoval, SubscribeOutcome, UnsubscribeOutcome
 
-__all__ = ["IAdapter", "ILocalSocket"]
+__all__ = ["SUPPORTED_ADAPTER_DRIVERS", "IAdapter", "ILocalSocket", "validate_adapter_driver"]
 
 
 class ILocalSocket(Interface):
@@ -130,3 +130,21 @@ class IAdapter(Interface):
         who came online are told by the adapter. The outcome has the
         watched ids' online state.
         """
+
+
+SUPPORTED_ADAPTER_DRIVERS = ("local", "redis")
+
+
+def validate_adapter_driver(driver: str) -> None:
+    """
+    Refuse, at config load, an C{adapter.driver} Sockudo has and we do not:
+    running such a node on the local adapter instead would leave it cut off
+    from the rest of its cluster without a word.
+
+    @raise ValueError: naming the key and what to use instead.
+    """
+    if driver not in SUPPORTED_ADAPTER_DRIVERS:
+        raise ValueError(
+            f"adapter.driver: {driver!r} is not supported by sockudo-tw yet; "
+            'use "redis" to join nodes into a cluster, or "local" for one node'
+        )
