@@ -57,6 +57,7 @@ from sockudo_tw.apps import IAppStore
 from sockudo_tw.config import ConfigError, ServerConfig
 from sockudo_tw.hooks import IPusherEvents, NoPusherEvents
 from sockudo_tw.pusher.app import App, WebhookTarget
+from sockudo_tw.pusher.channels import ChannelKind, channel_type
 from sockudo_tw.pusher.signing import webhook_signature
 from sockudo_tw.queue import (
     IJobQueue,
@@ -491,7 +492,7 @@ class WebhookEvents(NoPusherEvents):
         self._with_app(app_id, self._cache_miss, channel)
 
     def subscription_count(self, app_id: str, channel: str, count: int) -> None:
-        if not channel.startswith("presence-"):
+        if channel_type(channel).kind is not ChannelKind.PRESENCE:
             self._with_app(app_id, self._subscription_count, channel, count)
 
     def _with_app(self, app_id: str, handle: Callable[..., None], *args: Any) -> None:

@@ -702,7 +702,8 @@ class PusherFactory(WebSocketServerFactory):
         self._deadlines = _Deadlines(reactor)
         self._cleanup: deque[tuple[App, str]] = deque()
         self._cleanup_call: IDelayedCall | None = None
-        self._dirty_counts: dict[tuple[str, str], App] = {}
+        # Ordered set of (app id, channel) whose count changed this turn.
+        self._dirty_counts: dict[tuple[str, str], None] = {}
         self._counts_call: IDelayedCall | None = None
         self._all_closed: list[Deferred[None]] = []
 
@@ -802,14 +803,14 @@ class PusherFactory(WebSocketServerFactory):
     # -- subscription_count, coalesced per reactor turn -----------------------
 
     def _count_changed(self, app: App, channel: str) -> None:
-        self._dirty_counts[(app.id, channel)] = app
+        self._dirty_counts[(app.id, channel)] = None
         if self._counts_call is None:
             self._counts_call = self.reactor.callLater(0, self._send_counts)
 
     def _send_counts(self) -> None:
         self._counts_call = None
         dirty, self._dirty_counts = self._dirty_counts, {}
-        for (app_id, channel), _app in dirty.items():
+        for app_id, channel in dirty:
             d = self.adapter.channel_subscription_count(app_id, channel)
             d.addCallback(self._count_known, app_id, channel)
             d.addErrback(self._cleanup_failed)
