@@ -1206,6 +1206,14 @@ class MeteredResource:
         Record the call once its app is known; a client that went away
         still counts.
         """
+        self.count_call(request, started, received)
+
+    def count_call(self, request: IRequest, started: float, received: int) -> None:
+        """
+        Record one call served, here or on another path to the same API
+        (L{sockudo_tw.triggerchannel}): C{received} body bytes, the
+        response's C{sentLength}, and the time since C{started}.
+        """
         elapsed_ms = (self._clock.seconds() - started) * 1000.0
         transmitted: int = getattr(request, "sentLength", 0)
         d = Deferred.fromCoroutine(self._app_id(request))

@@ -13,7 +13,7 @@ import os
 import socket
 import stat
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from klein import Klein
@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
@@ -46,6 +46,7 @@ from sockudo_tw.metrics import (
     open_connections,
 )
 from sockudo_tw.registry import Registry
+from sockudo_tw.triggerchannel import Recorder, TriggerChannelFactory
 from sockudo_tw.web import (
     HealthCheck,
     HealthResource,
@@ -56,6 +57,9 @@ from sockudo_tw.web import (
     make_site,
 )
 from sockudo_tw.webhooks import build_webhooks
+
+if TYPE_CHECKING:
+    from sockudo_tw.api import PusherApi
 
 __all__ = [
     "CloseConnections",
@@ -177,20 +181,23 @@ def _api_resource(
     adapter: IAdapter | None,
     cache: IChannelCache,
     metrics: PusherMetrics | None = None,
-) -> IResource:
+) -> tuple[IResource, PusherApi | None]:
     """
     Build the REST API resource: L{sockudo_tw.api.PusherApi} behind the
     C{rate_limiter.api_rate_limit} IP limiter (memory backend) when the
     limiter is enabled, its checks counted in C{metrics} if given. Without
     an adapter there is nothing to deliver through, so it answers 404 until
     the adapter is wired.
+
+    @return: the resource, and the API when triggers may also be served
+        without the resource (no IP limiter stands in front of it).
     """
     from sockudo_tw.api import PusherApi
     from sockudo_tw.ratelimit import MemoryRateLimiter
 
     if adapter is None:
         stub: IResource = Klein().resource()
-        return stub
+        return stub, None
     limiter = MemoryRateLimiter(reactor)
     api = PusherApi(
         clock=reactor,
@@ -206,8 +213,11 @@ def _api_resource(
     )
     resource = api.resource()
     if not config.rate_limiter.enabled:
-        return resource
-    return _ip_limited(resource, reactor, config.rate_limiter.api_rate_limit, metrics, "http_api")
+        return resource, api
+    limited = _ip_limited(
+        resource, reactor, config.rate_limiter.api_rate_limit, metrics, "http_api"
+    )
+    return limited, None
 
 
 def _ip_limited(
@@ -491,9 +501,12 @@ def make_service(
     observer = webhooks.events if observer is None else _Observers(observer, webhooks.events)
     adapter, adapter_health = _adapter(config, reactor, observer)
     websocket = _websocket_resource(config, reactor, app_store, adapter, cache, observer, metrics)
-    api = _api_resource(config, reactor, app_store, adapter, cache, metrics)
+    api, trigger_api = _api_resource(config, reactor, app_store, adapter, cache, metrics)
+    count_call: Recorder | None = None
     if metrics is not None:
-        api = MeteredResource(api, metrics, reactor, app_store)
+        metered = MeteredResource(api, metrics, reactor, app_store)
+        api = metered
+        count_call = metered.count_call
         metrics.watch(connections=websocket.connections)
         # The local adapter's registry, or a cluster adapter's local one.
         node_index = getattr(getattr(adapter, "local", adapter), "registry", None)
@@ -514,6 +527,11 @@ def make_service(
         # Sockudo counts /up as an API call too.
         health = MeteredResource(health, metrics, reactor, app_store)
     site = make_site(RootResource(websocket.resource, api, health), access_log=config.debug)
+    # Plain triggers skip twisted.web's request parsing (triggerchannel.py);
+    # the access log, when on, wants every request through the Site.
+    listening: IProtocolFactory = site
+    if trigger_api is not None and not config.debug:
+        listening = TriggerChannelFactory(site, trigger_api.render_trigger, reactor, count_call)
 
     root = SockudoService(
         reactor,
@@ -536,7 +554,7 @@ def make_service(
         path = config.unix_socket.path
         root.prepare_steps.append(lambda: prepare_unix_socket(path))
     for description in descriptions:
-        root.add_listener(strports.service(description, site, reactor=reactor))
+        root.add_listener(strports.service(description, listening, reactor=reactor))
     if config.workers > 1:
         from sockudo_tw.workers import WorkerPool
 
