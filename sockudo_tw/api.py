@@ -193,6 +193,26 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
+def parse_query(raw: bytes) -> list[tuple[str, str]]:
+    """
+    The query string's parameters in order, percent- and C{+}-decoded,
+    blank values kept, as C{parse_qsl(keep_blank_values=True,
+    errors="strict")}.
+
+    @raise UnicodeDecodeError: when a name or value is not UTF-8.
+    """
+    if b"%" in raw or b"+" in raw:
+        return parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+    # Nothing to decode (the common, SDK-signed case): split without
+    # parse_qsl's per-item unquoting.
+    params: list[tuple[str, str]] = []
+    for item in raw.decode("utf-8").split("&"):
+        if item:
+            name, _, value = item.partition("=")
+            params.append((name, value))
+    return params
+
+
 def _respond(request: IRequest, status: int, payload: Mapping[str, Any]) -> bytes:
     """
     Set C{status} and the JSON content type; return C{payload} as compact
@@ -200,6 +220,8 @@ def _respond(request: IRequest, status: int, payload: Mapping[str, Any]) -> byte
     """
     set_status(request, status)
     set_header(request, b"Content-Type", b"application/json")
+    if not payload:
+        return b"{}"  # every successful trigger's answer
     return _encoder.encode(payload).encode("utf-8")
 
 
@@ -322,7 +344,21 @@ class PusherApi:
 
         @return: C{NOT_DONE_YET}, the answer being written here.
         """
-        d = Deferred.fromCoroutine(self.trigger(request, app_id))
+        coroutine = self.trigger(request, app_id)
+        # Run it as far as it goes now: with an in-memory app store it
+        # finishes without waiting on anything, and then needs none of a
+        # Deferred's machinery (a sizeable share of a trigger's CPU).
+        try:
+            coroutine.send(None)
+        except StopIteration as done:
+            self._write_answer(done.value, request)
+            return NOT_DONE_YET
+        except Exception:
+            self._write_failure(Failure(), request)  # type: ignore[no-untyped-call]
+            return NOT_DONE_YET
+        # It awaits a Deferred that has not fired: resuming re-checks that
+        # Deferred, so Twisted can drive the rest from here.
+        d = Deferred.fromCoroutine(coroutine)
         if not d.called:
             # Waiting on a remote store: stop if the client goes, as Klein does.
             request.notifyFinish().addErrback(lambda _: d.cancel())
@@ -384,9 +420,9 @@ class PusherApi:
         path: bytes = request.path
         raw_query = uri.partition(b"?")[2]
         try:
-            query = parse_qsl(raw_query.decode("utf-8"), keep_blank_values=True, errors="strict")
+            query = parse_query(raw_query)
             raw_path = path.decode("utf-8")
-            decoded_path = unquote(raw_path, errors="strict")
+            decoded_path = unquote(raw_path, errors="strict") if "%" in raw_path else raw_path
         except UnicodeDecodeError:
             _bad("Request URL must be UTF-8")
         app: App | None

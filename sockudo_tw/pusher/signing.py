@@ -38,7 +38,8 @@ def hmac_sha256_hex(secret: str, message: str | bytes) -> str:
     """
     if isinstance(message, str):
         message = message.encode("utf-8")
-    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+    # The one-shot form runs wholly in OpenSSL: about twice hmac.new's speed.
+    return hmac.digest(secret.encode("utf-8"), message, "sha256").hex()
 
 
 def channel_string_to_sign(socket_id: str, channel: str, channel_data: str | None) -> str:
