@@ -6,8 +6,9 @@ observer.
 
 Kept thin on purpose: protocol rules live in L{sockudo_tw.pusher.session}.
 What lives here is I/O policy: the upgrade is always completed and
-rejections are sent as C{pusher:error} plus a close; broadcast frames are
-written straight to the transport when it is idle; each connection's
+rejections are sent as C{pusher:error} plus a close; frames for an idle
+TCP connection are corked until the end of the reactor turn and then sent
+with one C{send()} each (L{_write_now}); each connection's
 outbound buffer is bounded (close 4100 "Over capacity" beyond it); timers
 are lazy, one deadline per connection in a heap the factory runs with a
 single C{callLater}; disconnect cleanup runs in chunks
@@ -27,6 +28,8 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -99,6 +102,49 @@ C{succeedHandshake} and C{_connectionMade}). Dropping them after the
 handshake frees about 2 KiB per connection, half of it because the
 instance C{__dict__} then fits a table of half the size.
 """
+
+
+def _idle_socket(transport: Any) -> bool:
+    """
+    Whether C{transport} is a plain TCP or UNIX connection (not TLS) with
+    nothing in Twisted's write buffer, so that bytes sent straight to its
+    socket cannot overtake bytes Twisted holds.
+
+    Relies on L{twisted.internet.abstract.FileDescriptor}'s C{dataBuffer}
+    and C{_tempDataBuffer} (pinned by C{tests.test_write_coalescing}).
+    """
+    return bool(
+        isinstance(transport, Connection)
+        and not transport.TLS
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+    )
+
+
+def _write_now(transport: Any, frames: list[bytes]) -> None:
+    """
+    Write C{frames} as one chunk: with a single C{send()} on the socket when
+    Twisted's buffer for it is still empty, which spares the reactor the
+    register-then-unregister for writing (two C{epoll_ctl} calls) that
+    C{transport.write} costs an idle socket. Whatever the socket does not
+    take at once (a partial send, C{EAGAIN}, any error) goes to
+    C{transport.write}, whose buffering and error handling (up to
+    C{connectionLost}) then apply as usual.
+    """
+    data = frames[0] if len(frames) == 1 else b"".join(frames)
+    if _idle_socket(transport):
+        try:
+            sent = transport.getHandle().send(data)
+        except OSError:
+            sent = 0
+        if sent >= len(data):
+            return
+        if sent:
+            data = data[sent:]
+    transport.write(data)
 
 
 class _SendQueue(list[tuple[bytes, bool]]):
@@ -327,6 +373,44 @@ class PusherProtocol(WebSocketServerProtocol):
         if session is not None:
             session.closing = True
             self.factory._connection_lost(self, session.app)
+
+    def sendData(  # noqa: N802 (Autobahn's name)
+        self, data: bytes, sync: bool = False, chopsize: int | None = None
+    ) -> None:
+        """
+        Every other write (handshake, control and close frames, Autobahn's
+        queue) goes here: send this connection's corked frames first so that
+        nothing overtakes them.
+        """
+        if self in self.factory._corked:
+            self._uncork()
+        super().sendData(data, sync, chopsize)
+
+    def dropConnection(self, abort: bool = False) -> None:  # noqa: N802 (Autobahn's name)
+        """
+        Send the corked frames before a graceful drop (C{loseConnection}
+        delivers what Twisted holds); an abort discards them.
+        """
+        if abort:
+            self.factory._corked.pop(self, None)
+        else:
+            self._uncork()
+        super().dropConnection(abort)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Forget frames corked for a connection that is gone.
+        """
+        self.factory._corked.pop(self, None)
+        super().connectionLost(reason)
+
+    def _uncork(self) -> None:
+        """
+        Write this connection's corked frames now.
+        """
+        frames = self.factory._corked.pop(self, None)
+        if frames is not None:
+            _write_now(self.transport, frames)
 
     # -- accepting ------------------------------------------------------------
 
@@ -602,9 +686,11 @@ class PusherProtocol(WebSocketServerProtocol):
 
     def send_wire(self, wire: bytes) -> None:
         """
-        Write a framed message: straight to the transport when nothing is
-        queued ahead of it; close 4100 when the client stopped reading and
-        more than the factory's buffer limit piled up.
+        Write a framed message: corked until the end of the reactor turn on
+        an idle TCP connection (every frame for it this turn then leaves in
+        one C{send()}), else straight to the transport; close 4100 when the
+        client stopped reading and more than the factory's buffer limit
+        piled up.
         """
         if self._gone or self.state != self.STATE_OPEN:
             return
@@ -616,6 +702,14 @@ class PusherProtocol(WebSocketServerProtocol):
                 return
         if self.send_queue:
             self.sendData(wire)
+            return
+        corked = self.factory._corked
+        pending = corked.get(self)
+        if pending is not None:
+            pending.append(wire)
+        elif not pressure.paused and _idle_socket(self.transport):
+            corked[self] = [wire]
+            self.factory._schedule_uncork()
         else:
             transport: Any = self.transport
             transport.write(wire)
@@ -706,6 +800,10 @@ class PusherFactory(WebSocketServerFactory):
         self._dirty_counts: dict[tuple[str, str], None] = {}
         self._counts_call: IDelayedCall | None = None
         self._all_closed: list[Deferred[None]] = []
+        # Frames waiting for the end of the turn, per idle TCP connection
+        # (here rather than on the protocol, whose __dict__ is kept small).
+        self._corked: dict[PusherProtocol, list[bytes]] = {}
+        self._uncork_call: IDelayedCall | None = None
 
     def _use_reactor_for_timers(self, reactor: IReactorTime) -> None:
         """
@@ -723,6 +821,25 @@ class PusherFactory(WebSocketServerFactory):
             )
         except Exception:
             self._log.debug("Autobahn timers stay on the global reactor")
+
+    def _schedule_uncork(self) -> None:
+        """
+        Have the corked frames written at the end of this reactor turn.
+        """
+        if self._uncork_call is None:
+            self._uncork_call = self.reactor.callLater(0, self._uncork)
+
+    def _uncork(self) -> None:
+        """
+        Write each corked connection's frames with one C{send()}.
+        """
+        self._uncork_call = None
+        corked, self._corked = self._corked, {}
+        for protocol, frames in corked.items():
+            try:
+                _write_now(protocol.transport, frames)
+            except Exception:
+                self._log.failure("Writing to {socket_id} failed", socket_id=protocol.socket_id)
 
     def websocket_resource(self) -> WebSocketResource:
         """
