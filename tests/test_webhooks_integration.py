@@ -154,10 +154,7 @@ class WebhookIntegrationTests(TestCase):
         Start a receiver on 127.0.0.1:0 and point the app's webhook at it.
         """
         receiver = Receiver(*script)
-        # No idle timeout: under load, a daemon's keep-alive connection can
-        # outlive the test by a reactor turn and leave its timer behind.
-        site = Site(receiver, timeout=None)
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
+        port = reactor.listenTCP(0, Site(receiver), interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
         url = f"http://127.0.0.1:{port.getHost().port}/webhook"
         target = WebhookTarget(url=url, event_types=ALL, headers={"X-Env": "test"})
