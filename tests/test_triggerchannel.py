@@ -188,6 +188,9 @@ class ChannelMixin:
         transport = StringTransport(peerAddress=ADDRESS)
         channel.makeConnection(transport)
         channel.dataReceived(request)
+        # The Site's channels time out on the global reactor: end this one,
+        # or its timer outlives the test.
+        channel.connectionLost(Failure(ConnectionDone()))
         return transport.value()
 
 
