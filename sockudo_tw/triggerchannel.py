@@ -31,12 +31,13 @@ from twisted.internet.interfaces import (
     ITCPTransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, datetimeToString
 from twisted.web.server import Site
+
+from sockudo_tw.directwrite import write_now
 
 __all__ = [
     "MAX_BODY",
@@ -46,7 +47,6 @@ __all__ = [
     "TriggerHead",
     "TriggerRequest",
     "parse_trigger",
-    "write_now",
 ]
 
 MAX_HEAD = 8192
@@ -167,37 +167,6 @@ def parse_trigger(buffer: bytes, max_body: int = MAX_BODY) -> TriggerHead | obje
     return TriggerHead(
         uri, app_id, headers, buffer[start : start + length], keep_alive, start + length
     )
-
-
-def write_now(transport: Any, data: bytes) -> None:
-    """
-    Write C{data} to C{transport} with one C{send()} now, when it is a plain
-    socket with nothing queued; whatever that does not take (or all of it,
-    on any other transport) goes through C{transport.write}.
-
-    Twisted's own write waits for the reactor to report the socket
-    writable, which costs two C{epoll_ctl} calls per answer on an idle
-    keep-alive connection. Reads C{FileDescriptor}'s C{dataBuffer} and
-    C{_tempDataBuffer}, which C{tests.test_triggerchannel} pins.
-    """
-    if (
-        isinstance(transport, Connection)
-        and not transport.TLS
-        and transport.connected
-        and not transport.disconnecting
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer
-    ):
-        try:
-            sent = transport.getHandle().send(data)
-        except OSError:
-            # EAGAIN, or a reset the reactor will report: let Twisted's
-            # buffered path deal with it.
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
 
 
 class TriggerRequest:

@@ -8,7 +8,7 @@ Kept thin on purpose: protocol rules live in L{sockudo_tw.pusher.session}.
 What lives here is I/O policy: the upgrade is always completed and
 rejections are sent as C{pusher:error} plus a close; frames for an idle
 TCP connection are corked until the end of the reactor turn and then sent
-with one C{send()} each (L{_write_now}); each connection's
+with one C{send()} each (L{sockudo_tw.directwrite}); each connection's
 outbound buffer is bounded (close 4100 "Over capacity" beyond it); timers
 are lazy, one deadline per connection in a heap the factory runs with a
 single C{callLater}; disconnect cleanup runs in chunks
@@ -29,7 +29,6 @@ from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
-from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -37,6 +36,7 @@ from zope.interface import implementer
 from sockudo_tw.adapters import IAdapter, ILocalSocket
 from sockudo_tw.apps import IAppStore
 from sockudo_tw.cache import IChannelCache
+from sockudo_tw.directwrite import idle_socket, write_now
 from sockudo_tw.framing import text_frame
 from sockudo_tw.hooks import IPusherEvents, NoPusherEvents
 from sockudo_tw.pusher import events
@@ -102,49 +102,6 @@ C{succeedHandshake} and C{_connectionMade}). Dropping them after the
 handshake frees about 2 KiB per connection, half of it because the
 instance C{__dict__} then fits a table of half the size.
 """
-
-
-def _idle_socket(transport: Any) -> bool:
-    """
-    Whether C{transport} is a plain TCP or UNIX connection (not TLS) with
-    nothing in Twisted's write buffer, so that bytes sent straight to its
-    socket cannot overtake bytes Twisted holds.
-
-    Relies on L{twisted.internet.abstract.FileDescriptor}'s C{dataBuffer}
-    and C{_tempDataBuffer} (pinned by C{tests.test_write_coalescing}).
-    """
-    return bool(
-        isinstance(transport, Connection)
-        and not transport.TLS
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer
-    )
-
-
-def _write_now(transport: Any, frames: list[bytes]) -> None:
-    """
-    Write C{frames} as one chunk: with a single C{send()} on the socket when
-    Twisted's buffer for it is still empty, which spares the reactor the
-    register-then-unregister for writing (two C{epoll_ctl} calls) that
-    C{transport.write} costs an idle socket. Whatever the socket does not
-    take at once (a partial send, C{EAGAIN}, any error) goes to
-    C{transport.write}, whose buffering and error handling (up to
-    C{connectionLost}) then apply as usual.
-    """
-    data = frames[0] if len(frames) == 1 else b"".join(frames)
-    if _idle_socket(transport):
-        try:
-            sent = transport.getHandle().send(data)
-        except OSError:
-            sent = 0
-        if sent >= len(data):
-            return
-        if sent:
-            data = data[sent:]
-    transport.write(data)
 
 
 class _SendQueue(list[tuple[bytes, bool]]):
@@ -410,7 +367,7 @@ class PusherProtocol(WebSocketServerProtocol):
         """
         frames = self.factory._corked.pop(self, None)
         if frames is not None:
-            _write_now(self.transport, frames)
+            write_now(self.transport, frames[0] if len(frames) == 1 else b"".join(frames))
 
     # -- accepting ------------------------------------------------------------
 
@@ -707,7 +664,7 @@ class PusherProtocol(WebSocketServerProtocol):
         pending = corked.get(self)
         if pending is not None:
             pending.append(wire)
-        elif not pressure.paused and _idle_socket(self.transport):
+        elif not pressure.paused and idle_socket(self.transport):
             corked[self] = [wire]
             self.factory._schedule_uncork()
         else:
@@ -837,7 +794,7 @@ class PusherFactory(WebSocketServerFactory):
         corked, self._corked = self._corked, {}
         for protocol, frames in corked.items():
             try:
-                _write_now(protocol.transport, frames)
+                write_now(protocol.transport, frames[0] if len(frames) == 1 else b"".join(frames))
             except Exception:
                 self._log.failure("Writing to {socket_id} failed", socket_id=protocol.socket_id)
 

@@ -529,7 +529,7 @@ class SlowStoreTests(ChannelMixin, SynchronousTestCase):
 
 class TwistedInternalsTests(SynchronousTestCase):
     """
-    L{sockudo_tw.triggerchannel.write_now} reads Twisted's write buffers;
+    L{sockudo_tw.directwrite.write_now} reads Twisted's write buffers;
     an upgrade that renames them must be noticed here.
     """
 

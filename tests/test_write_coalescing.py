@@ -32,8 +32,9 @@ from twisted.web.server import Site
 from sockudo_tw.adapters.local import LocalAdapter
 from sockudo_tw.apps import MemoryAppStore
 from sockudo_tw.cache import MemoryChannelCache
+from sockudo_tw.directwrite import idle_socket
 from sockudo_tw.pusher.app import App
-from sockudo_tw.websocket import PusherFactory, PusherProtocol, _idle_socket
+from sockudo_tw.websocket import PusherFactory, PusherProtocol
 from tests.wsclient import KEY, SECRET, Harness, WSClient, client_frame
 
 _HANDSHAKE = (
@@ -337,14 +338,14 @@ class CorkTests(SynchronousTestCase):
         self.assertEqual(h.factory._corked, {})
         self.assertEqual([f["event"] for f in c.pump()], ["e"])
         a = self.connect()
-        self.assertTrue(_idle_socket(a.connection))
+        self.assertTrue(idle_socket(a.connection))
         a.connection.TLS = True
-        self.assertFalse(_idle_socket(a.connection))
+        self.assertFalse(idle_socket(a.connection))
 
 
 class TwistedInternalsTests(SynchronousTestCase):
     """
-    L{_idle_socket} reads C{FileDescriptor} internals: fail here, not in
+    L{idle_socket} reads C{FileDescriptor} internals: fail here, not in
     production, if a Twisted upgrade changes them.
     """
 
@@ -367,21 +368,21 @@ class TwistedInternalsTests(SynchronousTestCase):
         self.assertFalse(connection.TLS)
         self.assertFalse(connection._writeDisconnected)
         self.assertFalse(connection.disconnecting)
-        self.assertTrue(_idle_socket(connection))
+        self.assertTrue(idle_socket(connection))
         connection.write(b"hello")
         self.assertEqual(connection._tempDataBuffer, [b"hello"])
         self.assertIn(connection, reactor.getWriters())
-        self.assertFalse(_idle_socket(connection))
+        self.assertFalse(idle_socket(connection))
         connection.SEND_LIMIT = 2
         self.assertIsNone(connection.doWrite())
         self.assertEqual(connection._tempDataBuffer, [])
         self.assertEqual((connection.dataBuffer, connection.offset), (b"hello", 2))
-        self.assertFalse(_idle_socket(connection))
+        self.assertFalse(idle_socket(connection))
         connection.SEND_LIMIT = FileDescriptor.SEND_LIMIT
         self.assertIsNone(connection.doWrite())
         self.assertEqual((connection.dataBuffer, connection._tempDataBuffer), (b"", []))
         self.assertNotIn(connection, reactor.getWriters())
-        self.assertTrue(_idle_socket(connection))
+        self.assertTrue(idle_socket(connection))
         self.assertEqual(peer.recv(100), b"hello")
 
 
