@@ -18,11 +18,14 @@ so that thousands of sockets dropping at once never stall the reactor.
 from __future__ import annotations
 
 import heapq
+import pprint
 from collections import deque
 from collections.abc import Iterable
 from itertools import count
 from typing import Any
 
+import autobahn.util as autobahn_util
+import autobahn.websocket.protocol as autobahn_protocol
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
@@ -102,6 +105,57 @@ C{succeedHandshake} and C{_connectionMade}). Dropping them after the
 handshake frees about 2 KiB per connection, half of it because the
 instance C{__dict__} then fits a table of half the size.
 """
+
+
+class _FormatLater:
+    """
+    A log argument formatted only when a log event is written.
+    """
+
+    __slots__ = ("_argument", "_format")
+
+    def __init__(self, format_: Any, argument: object) -> None:
+        self._format = format_
+        self._argument = argument
+
+    def __str__(self) -> str:
+        return str(self._format(self._argument))
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+_EAGER_FORMATTERS = {"pformat": pprint.pformat, "hltype": autobahn_util.hltype}
+
+
+def _defer_autobahn_log_formatting() -> None:
+    """
+    Autobahn builds its debug log arguments eagerly, even with debug off:
+    C{pformat} of its ~40 protocol options and C{hltype} names on every
+    connection, about 30 % of the CPU an accepted connection costs. Have
+    its module call lazy versions instead, which format only if a debug
+    event is written. Only the functions it imported are swapped (checked
+    by identity), so an Autobahn that stops calling them is left alone;
+    C{tests.test_websocket} pins the effect.
+    """
+    for name, eager in _EAGER_FORMATTERS.items():
+        if getattr(autobahn_protocol, name, None) is eager:
+            setattr(
+                autobahn_protocol,
+                name,
+                lambda argument, eager=eager: _FormatLater(eager, argument),
+            )
+    # The one use that is not a log argument must still return text.
+    autobahn_protocol.Timings.__str__ = _timings_text  # type: ignore[method-assign]
+
+
+def _timings_text(timings: Any) -> str:
+    """
+    Autobahn's C{Timings.__str__}, with the real C{pformat}.
+    """
+    return pprint.pformat(timings._timings)
 
 
 class _SendQueue(list[tuple[bytes, bool]]):
@@ -750,6 +804,7 @@ class PusherFactory(WebSocketServerFactory):
             perMessageCompressionAccept=lambda offers: None,
         )
         self._use_reactor_for_timers(reactor)
+        _defer_autobahn_log_formatting()
         self._deadlines = _Deadlines(reactor)
         self._cleanup: deque[tuple[App, str]] = deque()
         self._cleanup_call: IDelayedCall | None = None
