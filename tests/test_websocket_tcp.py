@@ -9,18 +9,16 @@ import json
 
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from sockudo_tw.adapters.local import LocalAdapter
 from sockudo_tw.apps import MemoryAppStore
 from sockudo_tw.cache import MemoryChannelCache
 from sockudo_tw.pusher.app import App
 from sockudo_tw.websocket import PusherFactory
-from tests.wsclient import client_frame
+from tests.wsclient import client_frame, serve_and_connect
 
 _HANDSHAKE = (
     b"GET /app/key?protocol=7 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
@@ -78,17 +76,8 @@ class SlowClientTCPTests(TestCase):
             cache=MemoryChannelCache(global_reactor),
             max_buffer_bytes=500_000,
         )
-        root = Resource()
-        root.putChild(b"app", factory.websocket_resource())
-        port = global_reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
-        self.addCleanup(port.stopListening)
         client = _SlowClient()
-        cf = ClientFactory()
-        cf.protocol = lambda: client  # type: ignore[assignment]
-        connector = global_reactor.connectTCP("127.0.0.1", port.getHost().port, cf)  # type: ignore[attr-defined]
-        self.addCleanup(connector.disconnect)
-        await client.subscribed
-        [server] = factory.protocols
+        server = await serve_and_connect(self, factory, client, client.subscribed)
         frame = b'{"event":"e","channel":"ch","data":"' + b"x" * 10_000 + b'"}'
         sent = 0
         while server.state == server.STATE_OPEN and sent < 2000:

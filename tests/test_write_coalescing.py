@@ -21,13 +21,11 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from sockudo_tw.adapters.local import LocalAdapter
 from sockudo_tw.apps import MemoryAppStore
@@ -35,7 +33,7 @@ from sockudo_tw.cache import MemoryChannelCache
 from sockudo_tw.directwrite import idle_socket
 from sockudo_tw.pusher.app import App
 from sockudo_tw.websocket import PusherFactory, PusherProtocol
-from tests.wsclient import KEY, SECRET, Harness, WSClient, client_frame
+from tests.wsclient import KEY, SECRET, Harness, WSClient, client_frame, serve_and_connect
 
 _HANDSHAKE = (
     f"GET /app/{KEY}?protocol=7 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
@@ -453,17 +451,8 @@ class LoopbackTests(TestCase):
             adapter=adapter,
             cache=MemoryChannelCache(global_reactor),
         )
-        root = Resource()
-        root.putChild(b"app", factory.websocket_resource())
-        port = global_reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
-        self.addCleanup(port.stopListening)
         client = _Reader()
-        cf = ClientFactory()
-        cf.protocol = lambda: client  # type: ignore[assignment]
-        connector = global_reactor.connectTCP("127.0.0.1", port.getHost().port, cf)  # type: ignore[attr-defined]
-        self.addCleanup(connector.disconnect)
-        await client.subscribed
-        [server] = factory.protocols
+        server = await serve_and_connect(self, factory, client, client.subscribed)
         self.assertIsInstance(server.transport, tcp.Connection)
         registered: list[object] = []
         add_writer = global_reactor.addWriter  # type: ignore[attr-defined]

@@ -12,8 +12,13 @@ import struct
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from sockudo_tw.adapters.local import LocalAdapter
 from sockudo_tw.apps import MemoryAppStore
@@ -192,3 +197,27 @@ class Harness:
         self.clock.advance(0)
         for client in clients:
             client.pump()
+
+
+async def serve_and_connect(
+    test: TestCase, factory: PusherFactory, client: Protocol, subscribed: Deferred[None]
+) -> PusherProtocol:
+    """
+    Serve C{factory}'s WebSocket resource on a loopback port of the real
+    reactor and connect C{client} (a raw protocol that upgrades and
+    subscribes by itself); once C{subscribed} fires, the server side of the
+    connection. Port and connection are cleaned up with the test.
+    """
+    from twisted.internet import reactor
+
+    root = Resource()
+    root.putChild(b"app", factory.websocket_resource())
+    port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
+    test.addCleanup(port.stopListening)
+    client_factory = ClientFactory()
+    client_factory.protocol = lambda: client  # type: ignore[assignment]
+    connector = reactor.connectTCP("127.0.0.1", port.getHost().port, client_factory)  # type: ignore[attr-defined]
+    test.addCleanup(connector.disconnect)
+    await subscribed
+    [server] = factory.protocols
+    return server
