@@ -393,8 +393,7 @@ class PusherProtocol(WebSocketServerProtocol):
         queue) goes here: send this connection's corked frames first so that
         nothing overtakes them.
         """
-        if self in self.factory._corked:
-            self._uncork()
+        self._uncork()
         super().sendData(data, sync, chopsize)
 
     def dropConnection(self, abort: bool = False) -> None:  # noqa: N802 (Autobahn's name)
@@ -421,7 +420,7 @@ class PusherProtocol(WebSocketServerProtocol):
         """
         frames = self.factory._corked.pop(self, None)
         if frames is not None:
-            write_now(self.transport, frames[0] if len(frames) == 1 else b"".join(frames))
+            write_now(self.transport, b"".join(frames))  # one frame: joined without a copy
 
     # -- accepting ------------------------------------------------------------
 
@@ -849,7 +848,7 @@ class PusherFactory(WebSocketServerFactory):
         corked, self._corked = self._corked, {}
         for protocol, frames in corked.items():
             try:
-                write_now(protocol.transport, frames[0] if len(frames) == 1 else b"".join(frames))
+                write_now(protocol.transport, b"".join(frames))
             except Exception:
                 self._log.failure("Writing to {socket_id} failed", socket_id=protocol.socket_id)
 
