@@ -1196,23 +1196,17 @@ class MeteredResource:
         # The body is whole before rendering starts, and gone after finish.
         received = _body_size(request)
         finished: Deferred[None] = request.notifyFinish()  # type: ignore[attr-defined]
-        finished.addBoth(self._finished, request, started, received)
+        finished.addBoth(lambda _: self.count_call(request, started, received))
         resource: IResource = getChildForRequest(self._wrapped, request)  # type: ignore[no-untyped-call]
         rendered: bytes | int = resource.render(request)  # type: ignore[no-untyped-call]
         return rendered
 
-    def _finished(self, result: object, request: IRequest, started: float, received: int) -> None:
-        """
-        Record the call once its app is known; a client that went away
-        still counts.
-        """
-        self.count_call(request, started, received)
-
     def count_call(self, request: IRequest, started: float, received: int) -> None:
         """
         Record one call served, here or on another path to the same API
-        (L{sockudo_tw.triggerchannel}): C{received} body bytes, the
-        response's C{sentLength}, and the time since C{started}.
+        (L{sockudo_tw.triggerchannel}), once its app is known; a client
+        that went away still counts: C{received} body bytes, the response's
+        C{sentLength}, and the time since C{started}.
         """
         elapsed_ms = (self._clock.seconds() - started) * 1000.0
         transmitted: int = getattr(request, "sentLength", 0)
