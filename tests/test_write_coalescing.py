@@ -40,6 +40,9 @@ _HANDSHAKE = (
     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
     "Sec-WebSocket-Version: 13\r\n\r\n"
 ).encode()
+"""
+The opening handshake the raw loopback client sends.
+"""
 
 
 class _CountingSocket(socket.socket):
@@ -124,23 +127,18 @@ class _SocketClient(WSClient):
         peer.setblocking(False)
         self.sock = sock
         self.peer = peer
-        self.factory = factory
-        proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        assert isinstance(proto, PusherProtocol)
-        self.protocol = proto
-        self.connection = _Connection(sock, proto, reactor)
+        self._reactor = reactor
+        super().__init__(factory, f"/app/{KEY}?protocol=7")
+
+    def make_transport(self, protocol: PusherProtocol) -> tuple[Any, Any]:
+        """
+        A real L{tcp.Connection} on our end of the socketpair for the
+        server; L{pump} reads the peer end.
+        """
+        self.connection = _Connection(self.sock, protocol, self._reactor)
         self.connection.connected = 1
-        self.wire = _Wire(self.connection, reactor, peer)
-        self.transport = self.wire  # type: ignore[assignment]
-        self.frames: list[Any] = []
-        self.raw: list[tuple[int, bytes]] = []
-        self.close_code: int | None = None
-        self.close_reason = ""
-        self.status = b""
-        self._buffer = b""
-        proto.makeConnection(self.connection)
-        proto.dataReceived(_HANDSHAKE)
-        self.pump()
+        self.wire = _Wire(self.connection, self._reactor, self.peer)
+        return self.connection, self.wire
 
     def close_sockets(self) -> None:
         """

@@ -59,17 +59,17 @@ class WSClient:
 
     def __init__(self, factory: PusherFactory, path: str, origin: str | None = None) -> None:
         self.factory = factory
-        self.transport = StringTransport()
         proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         assert isinstance(proto, PusherProtocol)
         self.protocol = proto
+        connection, self.transport = self.make_transport(proto)
         self.frames: list[Any] = []
         self.raw: list[tuple[int, bytes]] = []
         self.close_code: int | None = None
         self.close_reason = ""
         self.status = b""
         self._buffer = b""
-        proto.makeConnection(self.transport)
+        proto.makeConnection(connection)
         headers = [
             f"GET {path} HTTP/1.1",
             "Host: 127.0.0.1",
@@ -83,6 +83,14 @@ class WSClient:
             headers.append(f"Origin: {origin}")
         proto.dataReceived(("\r\n".join(headers) + "\r\n\r\n").encode())
         self.pump()
+
+    def make_transport(self, protocol: PusherProtocol) -> tuple[Any, StringTransport]:
+        """
+        The transport C{protocol} writes to, and the one L{pump} reads the
+        server's bytes from (here the same C{StringTransport}).
+        """
+        transport = StringTransport()
+        return transport, transport
 
     def pump(self) -> list[Any]:
         """
