@@ -176,3 +176,38 @@ class RedisAdapterContractTests(_AdapterContract, SynchronousTestCase):
 
     def settle(self) -> None:
         self.cluster.flush()
+
+
+class RedisUnreachableAdapterContractTests(_AdapterContract, SynchronousTestCase):
+    """
+    The contract on a Redis adapter node whose Redis refuses connections:
+    every operation answers from this node's state, none fails.
+    """
+
+    def make(self) -> None:
+        self.cluster = Cluster(self)
+        self.cluster.server.accepting = False
+        self.adapter = self.cluster.node("A")
+        self.events = self.cluster.events["A"]
+        self.assertEqual(self.adapter.link.state, "down")
+
+    def settle(self) -> None:
+        self.cluster.flush()
+
+
+class RedisStalledAdapterContractTests(_AdapterContract, SynchronousTestCase):
+    """
+    The contract on a Redis adapter node whose Redis accepted its
+    connections, then stopped answering (SIGSTOP): operations that wait
+    for Redis answer from this node's state after the request timeout, and
+    keep doing so once the keepalive has dropped the connections.
+    """
+
+    def make(self) -> None:
+        self.cluster = Cluster(self)
+        self.adapter = self.cluster.node("A")
+        self.events = self.cluster.events["A"]
+        self.cluster.server.on_command = lambda protocol, name, args: False
+
+    def settle(self) -> None:
+        self.cluster.advance(self.cluster.options.requests_timeout + 0.5)

@@ -6,6 +6,7 @@ fakeredis), on a L{MemoryReactorClock}: deterministic, no sockets.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -145,6 +146,21 @@ class Cluster:
             else:
                 out[key] = r.get(key)
         return out
+
+
+def believed(frames: list[bytes], members: set[str]) -> set[str]:
+    """
+    The member list a client holds after C{frames}, starting from
+    C{members}, as pusher-js keeps it (member events are idempotent).
+    """
+    out = set(members)
+    for frame in frames:
+        message = json.loads(frame)
+        if message["event"] == "pusher_internal:member_added":
+            out.add(json.loads(message["data"])["user_id"])
+        elif message["event"] == "pusher_internal:member_removed":
+            out.discard(json.loads(message["data"])["user_id"])
+    return out
 
 
 def connect(node: RedisAdapter, socket_id: str, app_id: str = "app") -> FakeSocket:
@@ -647,26 +663,110 @@ class OutageTests(SynchronousTestCase):
 
     def test_redis_data_lost(self) -> None:
         """
-        If Redis restarts empty, each node's next heartbeat notices it is
-        unknown and writes its state back, without announcing members the
-        other nodes already know.
+        If Redis loses its data (FLUSHALL, a restart), changes made before
+        a node notices are refused, not applied to a state that is gone:
+        they are decided locally, the node writes its whole state back at
+        once, and within two heartbeats every node's clients hold the true
+        member list: the member who left meanwhile is removed, the client
+        who joined meanwhile (with a list of this node's members only)
+        learns about the other node's members, and every node re-announces
+        its members to the others.
         """
         cluster = Cluster(self)
         a, b = cluster.node("A"), cluster.node("B")
         connect(a, "1.1")
+        connect(a, "1.2")
         watcher = connect(b, "2.1")
         cluster.result(a.subscribe("app", "ch", "1.1", None, 0))
         cluster.result(a.subscribe("app", "presence-x", "1.1", PresenceMember("ua", {}), 0))
+        cluster.result(a.subscribe("app", "presence-x", "1.2", PresenceMember("leaver", {}), 0))
         cluster.result(b.subscribe("app", "presence-x", "2.1", PresenceMember("ub", {}), 0))
         watcher.frames.clear()
         cluster.result(a.link.command("FLUSHALL"))
         self.assertEqual(cluster.result(a.channels("app")), {})
-        cluster.advance(1.5)
-        self.assertEqual(cluster.result(a.channels("app")), {"ch": 1, "presence-x": 2})
-        self.assertEqual(
-            cluster.result(b.presence_members("app", "presence-x")), {"ua": {}, "ub": {}}
+
+        late = connect(b, "2.2")
+        joined = cluster.result(
+            b.subscribe("app", "presence-x", "2.2", PresenceMember("late", {"n": 1}), 0)
         )
+        self.assertTrue(joined.accepted)
+        self.assertEqual(set(joined.members or {}), {"ub", "late"})
+        removal = cluster.result(a.remove_socket("app", "1.2"))
+        self.assertEqual([o.member_removed for o in removal.unsubscribed], ["leaver"])
+        # What the WebSocket glue does with these local decisions:
+        b.broadcast("app", "presence-x", events.member_added("presence-x", "late", {"n": 1}), "2.2")
+        a.broadcast("app", "presence-x", events.member_removed("presence-x", "leaver"), None)
+
+        cluster.advance(2.5)
+        self.assertEqual(cluster.result(a.channels("app")), {"ch": 1, "presence-x": 3})
+        truth = {"ua": {}, "ub": {}, "late": {"n": 1}}
+        for node in (a, b):
+            self.assertEqual(cluster.result(node.presence_members("app", "presence-x")), truth)
+        self.assertEqual(cluster.result(a.app_connection_count("app")), 3)
+        self.assertIn(events.member_added("presence-x", "ua", {}), late.frames)
+        self.assertNotIn(events.member_added("presence-x", "leaver", {}), late.frames)
+        self.assertIn(events.member_removed("presence-x", "leaver"), watcher.frames)
+        self.assertEqual(believed(watcher.frames, {"ua", "ub", "leaver"}), set(truth))
+        self.assertEqual(believed(late.frames, {"ub", "late"}), set(truth))
+        self.assertEqual((a.reconciles, b.reconciles), (1, 1))
+
+    def test_lost_member_removed_is_reconciled(self) -> None:
+        """
+        A node whose bus connection was down while a member left elsewhere
+        (the member_removed never reached it) removes that ghost from its
+        clients' lists once it is back.
+        """
+        cluster = Cluster(self)
+        a, b = cluster.node("A"), cluster.node("B")
+        watcher = connect(b, "2.1")
+        connect(a, "1.1")
+        cluster.result(a.subscribe("app", "presence-x", "1.1", PresenceMember("gone", {}), 0))
+        cluster.result(b.subscribe("app", "presence-x", "2.1", PresenceMember("ub", {}), 0))
+        watcher.frames.clear()
+        subscriber = b.link.subscriber.protocol
+        for pump in cluster.server.pumps:
+            if pump.clientIO is subscriber.transport:
+                pump.serverIO.loseConnection()
+        cluster.flush()
+        self.assertFalse(b.link.subscriber.up)
+        removal = cluster.result(a.remove_socket("app", "1.1"))
+        self.assertEqual([o.member_removed for o in removal.unsubscribed], ["gone"])
+        a.broadcast("app", "presence-x", events.member_removed("presence-x", "gone"), None)
+        cluster.flush()
         self.assertEqual(watcher.frames, [])
+        cluster.advance(3)
+        self.assertTrue(b.link.is_up)
+        self.assertEqual(watcher.frames, [events.member_removed("presence-x", "gone")])
+
+    def test_redis_stall_past_node_timeout(self) -> None:
+        """
+        Redis stops answering for longer than the node timeout, then
+        resumes with its data: every deadline has passed, but the nodes,
+        all back within the reconnect grace, purge nobody, so no client is
+        told that a live member left; the member who joined meanwhile is
+        announced.
+        """
+        cluster = Cluster(self)
+        a, b = cluster.node("A"), cluster.node("B")
+        watcher_a, watcher_b = connect(a, "1.1"), connect(b, "2.1")
+        cluster.result(a.subscribe("app", "presence-x", "1.1", PresenceMember("ua", {}), 0))
+        cluster.result(b.subscribe("app", "presence-x", "2.1", PresenceMember("ub", {}), 0))
+        watcher_a.frames.clear()
+        watcher_b.frames.clear()
+        cluster.server.on_command = lambda protocol, name, args: False
+        connect(b, "2.2")
+        pending = b.subscribe("app", "presence-x", "2.2", PresenceMember("late", {}), 0)
+        cluster.advance(cluster.options.node_timeout * 2)
+        self.assertTrue(self.successResultOf(pending).accepted)
+        self.assertEqual(b.link.state, "down")
+        cluster.server.on_command = None
+        cluster.advance(5)
+        self.assertTrue(a.link.is_up and b.link.is_up)
+        self.assertEqual(a.purged_nodes + b.purged_nodes, 0)
+        truth = {"ua": {}, "ub": {}, "late": {}}
+        self.assertEqual(cluster.result(a.presence_members("app", "presence-x")), truth)
+        self.assertNotIn(b"member_removed", b"".join(watcher_a.frames + watcher_b.frames))
+        self.assertEqual(believed(watcher_a.frames, {"ua", "ub"}), set(truth))
 
     def test_resync_announcements_wait_for_listeners(self) -> None:
         """
@@ -760,9 +860,10 @@ class RedisUrlTests(SynchronousTestCase):
 
     def test_refused(self) -> None:
         """
-        Unix sockets and a non-numeric database are refused clearly.
+        Another scheme and a non-numeric database are refused clearly
+        (more cases in L{tests.test_redisurl}).
         """
-        for url in ("unix:///tmp/redis.sock", "redis://h/db0"):
+        for url in ("http://h:6379", "redis://h/db0"):
             with self.assertRaises(ValueError) as caught:
                 parse_redis_url(url)
             self.assertIn(url, str(caught.exception))

@@ -45,6 +45,28 @@ class ScriptTests(SynchronousTestCase):
         result: list[Any] = self.redis.eval(APPLY.source, 0, self.prefix, node, mode, *entries)
         return result
 
+    def register(self, *nodes: str, ttl: int = 10000) -> None:
+        """
+        Register nodes with an empty state (a sync), as a starting node does.
+        """
+        for node in nodes:
+            self.assertEqual(self.apply(node, "s", ttl), [3])
+
+    def test_unregistered_node_refused(self) -> None:
+        """
+        Changes from a node Redis does not know (it lost its data, or
+        purged the node) are refused with status 3 and change nothing.
+        """
+        s = f"s{US}app{US}ch"
+        self.assertEqual(self.apply("A", "d", s, 1, ""), [3])
+        joined = self.redis.eval(
+            JOIN.source, 0, self.prefix, "A", "app", "presence-x", "u", "{}", 0
+        )
+        self.assertEqual(joined, [3])
+        self.assertEqual(self.redis.keys(self.prefix + "*"), [])
+        self.assertEqual(self.redis.eval(HEARTBEAT.source, 0, self.prefix, "A", 1000), [0, [], 0])
+        self.assertEqual(self.redis.keys(self.prefix + "*"), [])
+
     def test_occupancy_and_members(self) -> None:
         """
         Occupied on the first socket anywhere, vacated on the last; member
@@ -52,6 +74,7 @@ class ScriptTests(SynchronousTestCase):
         """
         s = f"s{US}app{US}ch"
         p = f"p{US}app{US}presence-x{US}u1"
+        self.register("A", "B")
         self.assertEqual(tr(self.apply("A", "d", s, 1, "")), [("o", "app", "ch")])
         self.assertEqual(tr(self.apply("B", "d", s, 1, "")), [])
         self.assertEqual(tr(self.apply("A", "d", s, -1, "")), [])
@@ -62,13 +85,14 @@ class ScriptTests(SynchronousTestCase):
         self.assertEqual(tr(self.apply("B", "d", p, 1, '{"b":2}')), [])
         self.assertEqual(tr(self.apply("A", "d", p, -1, "")), [])
         self.assertEqual(tr(self.apply("B", "d", p, -1, "")), [("r", "app", "presence-x", "u1")])
-        self.assertEqual(self.redis.keys(self.prefix + "*"), [])
+        self.assertEqual(self.redis.keys(self.prefix + "*"), [self.prefix.encode() + b"nodes"])
 
     def test_unregistered_leave_ignored(self) -> None:
         """
         A node cannot take away what it never added (no negative counts).
         """
         s = f"s{US}app{US}ch"
+        self.register("A", "B")
         self.apply("A", "d", s, 1, "")
         self.assertEqual(tr(self.apply("B", "d", s, -1, "")), [])
         self.assertEqual(self.redis.hget(self.prefix + "a:app:ch", "ch"), b"1")
@@ -85,6 +109,7 @@ class ScriptTests(SynchronousTestCase):
             )
             return result
 
+        self.register("A", "B")
         first = join("A", "u1", 1)
         self.assertEqual(first[0], 1)
         self.assertEqual(
@@ -102,16 +127,19 @@ class ScriptTests(SynchronousTestCase):
         """
         p = f"p{US}app{US}presence-x{US}u1"
         ttl = 200
+        self.register("dead", ttl=ttl)
         reply = self.redis.eval(HEARTBEAT.source, 0, self.prefix, "dead", ttl)
-        self.assertEqual(reply, [0, [], 1])
+        self.assertEqual(reply, [1, [], 1])
         self.apply("dead", "d", p, 1, "{}")
         self.assertEqual(self.apply("dead", "p"), [0])
         time.sleep(0.3)
+        self.register("alive")
         alive = self.redis.eval(HEARTBEAT.source, 0, self.prefix, "alive", 10000)
-        self.assertEqual(alive, [0, [b"dead"], 2])
+        self.assertEqual(alive, [1, [b"dead"], 2])
         self.assertEqual(tr(self.apply("dead", "p")), [("r", "app", "presence-x", "u1")])
         self.assertEqual(self.apply("dead", "p"), [0])
-        resync = self.apply("dead", "s", p, 1, "{}")
+        self.assertEqual(self.apply("dead", "d", p, -1, ""), [3])
+        resync = self.apply("dead", "s", 10000, p, 1, "{}")
         self.assertEqual(resync[0], 2)
         self.assertEqual(tr(resync), [("a", "app", "presence-x", "u1", "{}")])
 
@@ -122,10 +150,10 @@ class ScriptTests(SynchronousTestCase):
         """
         old = f"s{US}app{US}old"
         new = f"s{US}app{US}new"
+        self.register("A")
         self.apply("A", "d", old, 2, "")
-        self.assertEqual(
-            sorted(tr(self.apply("A", "s", new, 3, ""))),
-            [("o", "app", "new"), ("v", "app", "old")],
-        )
-        self.assertEqual(tr(self.apply("A", "s", new, 3, "")), [])
+        synced = self.apply("A", "s", 10000, new, 3, "")
+        self.assertEqual(synced[0], 1)
+        self.assertEqual(sorted(tr(synced)), [("o", "app", "new"), ("v", "app", "old")])
+        self.assertEqual(tr(self.apply("A", "s", 10000, new, 3, "")), [])
         self.assertEqual(self.redis.hgetall(self.prefix + "a:app:ch"), {b"new": b"3"})

@@ -47,6 +47,12 @@ class ILocalSocket(Interface):
 class IAdapter(Interface):
     """
     Delivery and cluster-wide queries for every app.
+
+    A backend fault (Redis down, stalled, restarted empty) never escapes
+    into the protocol: no method raises for it and no returned Deferred
+    fails for it. Delivery to other nodes is dropped instead, queries and
+    membership decisions fall back to this node's state, and a cluster
+    adapter repairs what it could not announce once the backend is back.
     """
 
     def broadcast(app_id: str, channel: str, frame: bytes, except_socket_id: str | None) -> None:

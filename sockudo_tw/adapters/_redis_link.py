@@ -12,7 +12,11 @@ While the command connection is down, L{RedisLink.publish} drops the message
 and counts it, and L{RedisLink.command} fails at once with
 L{RedisUnavailableError}: nothing is queued, so an outage never turns into
 unbounded buffering. While it is up, at most C{max_pending} commands may be
-awaiting replies; past that, publishes are dropped the same way.
+awaiting replies; past that, publishes are dropped the same way. Neither
+ever raises, not even while a connection is being torn down (txredisapi
+raises C{ConnectionError} then, and fails the pending replies, whose
+callbacks may publish again): a Redis fault must never abort the local work
+of whoever published (a subscribe, a disconnect cleanup).
 
 We use txredisapi's protocol classes (RESP, the hiredis parser, commands)
 but not its C{RedisFactory}/C{lazyConnection} pool: in txredisapi 1.6 the
@@ -133,10 +137,12 @@ class _CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
 
     def connectionLost(self, why: Failure) -> None:
         """
-        Chain to txredisapi (fails the pending replies), then tell the link.
+        Tell the link first, then chain to txredisapi, which fails the
+        pending replies: their callbacks run right there and may publish,
+        and must find the link already down, not this dead protocol.
         """
-        super().connectionLost(why)
         self.side.lost(self)
+        super().connectionLost(why)
 
 
 class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
@@ -158,10 +164,10 @@ class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
 
     def connectionLost(self, why: Failure) -> None:
         """
-        Chain to txredisapi, then tell the link.
+        Tell the link, then chain to txredisapi.
         """
-        super().connectionLost(why)
         self.side.lost(self)
+        super().connectionLost(why)
 
 
 class _Side:
@@ -483,7 +489,11 @@ class RedisLink(Service):
             protocol = side.protocol
             if protocol is None:
                 continue
-            d: Deferred[object] = protocol.ping()
+            try:
+                d: Deferred[object] = protocol.ping()
+            except Exception as e:
+                # txredisapi raises when the connection is already closing.
+                d = fail(e)
             d.addTimeout(self.ping_timeout, self.clock)
 
             def no_pong(f: Failure, protocol: Any = protocol, side: _Side = side) -> None:
@@ -504,35 +514,51 @@ class RedisLink(Service):
         The command protocol if it can take one more command, else None.
         """
         protocol = self.commands.protocol
-        if protocol is None or len(protocol.replyQueue.waiting) >= self.max_pending:
+        if (
+            protocol is None
+            or not protocol.connected
+            or len(protocol.replyQueue.waiting) >= self.max_pending
+        ):
             return None
         return protocol
 
     def publish(self, payload: bytes) -> bool:
         """
         PUBLISH C{payload} on the cluster channel without waiting. Returns
-        False (and counts a drop) if the command connection is down or has
-        C{max_pending} replies outstanding.
+        False (and counts a drop) if the command connection is down, is
+        closing, or has C{max_pending} replies outstanding. Never raises:
+        callers are on the protocol's path (a subscribe, a disconnect
+        cleanup) and must finish their local work whatever Redis does.
         """
         protocol = self._usable()
+        if protocol is not None:
+            try:
+                d = protocol.execute_command("PUBLISH", self.channel, payload)
+            except Exception:
+                # txredisapi raises ConnectionError("Not connected") while
+                # the connection is being torn down.
+                protocol = None
+            else:
+                d.addErrback(_ignore)
         if protocol is None:
             self.dropped += 1
             self._dropped_in_outage += 1
             return False
-        d = protocol.execute_command("PUBLISH", self.channel, payload)
-        d.addErrback(_ignore)
         self.published += 1
         return True
 
     def command(self, *args: bytes | str | int, timeout: float = 5.0) -> Deferred[Any]:
         """
         Run one command; fails at once with L{RedisUnavailableError} when the link
-        is down, or with a timeout after C{timeout} seconds.
+        is down, or with a timeout after C{timeout} seconds. Never raises.
         """
         protocol = self._usable()
         if protocol is None:
             return fail(RedisUnavailableError("Redis command connection is down"))
-        d: Deferred[Any] = protocol.execute_command(*args)
+        try:
+            d: Deferred[Any] = protocol.execute_command(*args)
+        except Exception as e:
+            return fail(RedisUnavailableError(f"Redis command connection is closing: {e}"))
         d.addTimeout(timeout, self.clock)
         return d
 

@@ -82,29 +82,49 @@ node killed with SIGKILL is purged within C{node_timeout} of its death; the
 survivor that purges it broadcasts the missing C{member_removed} frames and
 reports C{member_removed}/C{channel_vacated} to its observer.
 
-When Redis is unreachable (see L{sockudo_tw.adapters._redis_link}): local
+When Redis is unreachable, stalls or loses its data (see
+L{sockudo_tw.adapters._redis_link}), nothing raises into the protocol: local
 delivery and local clients keep working; cluster publishes are dropped and
-counted; queries answer from this node's state; subscribe/unsubscribe
-decide from local state (so member events and webhooks follow local truth
-and may be duplicated or missed around the outage). When the command
-connection comes back, the node rewrites its whole contribution with one
-script ("sync": the difference between its real local state and what Redis
-holds for it) and publishes the member_added/member_removed frames that the
-other nodes missed: those of members that changed here during the outage,
-or all of this node's members if it had been purged as dead meanwhile (a
-stalled node; the purge leaves a tombstone the sync finds). They are held
-until as many nodes listen on the bus as are registered, or were before
-Redis lost its data (PUBSUB NUMSUB vs the node set), at most
-C{node_timeout}, because after a Redis restart the others may still be
-redialling. How many were registered is learned from heartbeats, so a node
-that joined less than one heartbeat before Redis lost its data may not be
-waited for, and miss those announcements. The same sync runs if a heartbeat finds the
-node unknown (a Redis restart that lost the data: then nothing is
-re-announced). Other messages published while a node's subscriber
-connection was down are lost for that node (Pusher is at-most-once too).
+counted; queries answer from this node's state; subscribe, unsubscribe and
+disconnect decide from local state (so a subscribe still gets
+C{subscription_succeeded} and a last local leave still sends
+C{member_removed} to local subscribers). The scripts refuse changes from a
+node Redis does not know (status 3: Redis restarted empty, was flushed, or
+purged the node while it stalled) instead of applying them to a
+contribution that is gone; such changes are decided locally the same way.
 
-C{cluster_health.enabled: false} is ignored: without heartbeats a dead
-node's members would stay forever. C{cleanup_interval_ms} is folded into the
+Recovery: when the command connection comes back, or a refused change or a
+heartbeat shows Redis lost this node, the node rewrites its whole
+contribution with one script ("sync": the difference between its real
+local state and what Redis holds for it; the sync also registers the node,
+so a registered node always has its state in Redis) and announces to the
+other nodes the member_added/member_removed it finds: all of them if Redis
+had nothing of this node (data lost, or purged as dead: the purge leaves a
+tombstone the sync finds), else those of members that changed here while
+the cluster could not hear. These are held until as many nodes listen on
+the bus as are registered (or were, before Redis lost its data), at most
+C{node_timeout}, because after a Redis restart the others may still be
+redialling. Then every node that had a fault (its link dropped, a script
+failed or was refused, it was purged) reconciles its own clients: it keeps
+the set of members its local clients were told about on each presence
+channel, and once every registered node has written its state back (or
+C{node_timeout} after its own sync) it sends member_added for members they
+lack (all members where a client joined with a locally decided list) and
+member_removed for ghosts, so every list converges to what Redis holds.
+Member events may be duplicated around a fault (pusher-js keeps one entry
+per user); other messages published while a node's subscriber connection
+was down are lost for that node (Pusher is at-most-once too).
+
+Convergence bound, once Redis answers again: a node redials within
+C{min(10 s, max(1 s, P))} plus up to 1 s of jitter, where C{P} is the
+heartbeat period, and reconciles at its next heartbeat after the last node
+is back, so lists and C{GET .../users} agree within about
+C{min(10 s, max(1 s, P)) + 1 s + P} (16 s with the default 10 s heartbeat
+and 30 s node timeout); after a FLUSHALL, within C{2 P}. A stall is noticed
+within C{P + requests_timeout} (the keepalive PING).
+
+C{cluster_health.enabled: false} is refused by the config: without
+heartbeats a dead node's members would stay forever. C{cleanup_interval_ms} is folded into the
 heartbeat period.
 
 Not supported: Redis Cluster (the scripts build key names; one Redis or a
@@ -117,12 +137,10 @@ import json
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -135,6 +153,8 @@ from sockudo_tw.adapters.local import LocalAdapter
 from sockudo_tw.hooks import IPusherEvents
 from sockudo_tw.pusher import events
 from sockudo_tw.pusher.presence import PresenceMember
+from sockudo_tw.redisurl import RedisUrl
+from sockudo_tw.redisurl import parse_redis_url as parse_url
 from sockudo_tw.registry import (
     SignInOutcome,
     SocketRemoval,
@@ -228,6 +248,14 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+
+-- Whether Redis knows this node. A node is registered only by its sync,
+-- which writes its whole contribution in the same script: if Redis lost
+-- its data (restart, FLUSHALL) or purged the node, changes are refused
+-- (status 3) instead of being applied to a contribution that is not there.
+local function registered()
+  return redis.call('ZSCORE', P .. 'nodes', node)
+end
 """
 
 APPLY = LuaScript(
@@ -235,23 +263,34 @@ APPLY = LuaScript(
     + r"""
 -- ARGV: prefix, node id, mode, then (field, number, info) triples.
 --   "d": add each number to the node's count for the field (deltas);
---   "s": make the node's counts exactly these numbers (absent fields: 0);
+--   "s": make the node's counts exactly these numbers (absent fields: 0),
+--        and register the node; ARGV[4] is its liveness ttl (ms), the
+--        triples start at ARGV[5];
 --   "p": purge the node if its liveness deadline has passed;
 --   "x": purge the node unconditionally (graceful stop).
 -- Returns {status, transition...}; status 0 means "not purged" (mode p),
--- 2 "this node had been purged" (mode s).
+-- 2 "this node had been purged" (mode s), 3 "this node is not registered"
+-- (mode d: nothing applied; mode s: Redis had nothing of it).
 -- A transition is {kind, app, channel[, user[, info]]}: o occupied,
 -- v vacated, a member added, r member removed.
 local mode = ARGV[3]
 if mode == 'd' then
+  if not registered() then return {3} end
   for i = 4, #ARGV, 3 do apply(ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]) end
 elseif mode == 's' then
   -- status 2: this node had been purged as dead, so the other nodes were
-  -- told its members left and must hear them all again.
-  if redis.call('DEL', P .. 'dead:' .. node) == 1 then out[1] = 2 end
+  -- told its members left and must hear them all again; status 3: Redis
+  -- lost its data (or never had this node), so every member it adds back
+  -- is news to clients that joined meanwhile.
+  if redis.call('DEL', P .. 'dead:' .. node) == 1 then
+    out[1] = 2
+  elseif not registered() then
+    out[1] = 3
+  end
+  redis.call('ZADD', P .. 'nodes', string.format('%d', now_ms() + tonumber(ARGV[4])), node)
   local have = current()
   local want = {}
-  for i = 4, #ARGV, 3 do
+  for i = 5, #ARGV, 3 do
     local f = ARGV[i]
     want[f] = true
     apply(f, tonumber(ARGV[i + 1]) - (have[f] or 0), ARGV[i + 2])
@@ -278,8 +317,10 @@ JOIN = LuaScript(
     + r"""
 -- A socket joins a presence channel. ARGV: prefix, node id, app, channel,
 -- user id, user_info JSON, max members (0: unlimited).
--- Returns {1, transitions, members} or {0} when the channel is full; members
--- is the flat user id, user_info list after the join.
+-- Returns {1, transitions, members}, {0} when the channel is full, or {3}
+-- when the node is not registered (nothing applied); members is the flat
+-- user id, user_info list after the join.
+if not registered() then return {3} end
 local app, channel, user, info = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local cap = tonumber(ARGV[7])
 local k = P .. 'a:' .. app .. ':p:' .. channel
@@ -297,14 +338,15 @@ HEARTBEAT = LuaScript(
     r"""
 -- ARGV: prefix, node id, ttl ms. Push this node's liveness deadline to
 -- now + ttl (Redis clock) and list up to 16 nodes past their deadline.
--- Returns {1 if the node was registered already else 0, {dead node...},
--- number of registered nodes}.
+-- Returns {1 if the node is registered else 0, {dead node...}, number of
+-- registered nodes}. An unknown node is not registered here: only its sync
+-- does that, together with its state.
 local P, node, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local zk = P .. 'nodes'
 local known = redis.call('ZSCORE', zk, node)
-redis.call('ZADD', zk, string.format('%d', now + ttl), node)
+if known then redis.call('ZADD', zk, string.format('%d', now + ttl), node) end
 local dead = redis.call('ZRANGEBYSCORE', zk, '-inf', '(' .. string.format('%d', now),
                         'LIMIT', 0, 16)
 return {known and 1 or 0, dead, redis.call('ZCARD', zk)}
@@ -395,6 +437,23 @@ class RedisNodeOptions:
         return min(self.heartbeat_interval, self.node_timeout / 4)
 
     @property
+    def reconnect_max_delay(self) -> float:
+        """
+        The longest wait between two attempts to reach Redis (plus up to 1 s
+        of jitter): at most one heartbeat period, so a node notices that
+        Redis is back within the convergence bound the README states.
+        """
+        return min(10.0, max(1.0, self.period))
+
+    @property
+    def reconnect_grace(self) -> float:
+        """
+        How long a node that just reached Redis waits before purging nodes
+        past their deadline: long enough for the others to reach it too.
+        """
+        return self.reconnect_max_delay + 1.0 + self.period
+
+    @property
     def ttl_ms(self) -> int:
         """
         How long a heartbeat keeps a node alive: short enough that a dead
@@ -442,8 +501,10 @@ class RedisAdapter(Service):
             db=self.options.db,
             ping_interval=self.options.ping_interval,
             ping_timeout=self.options.ping_timeout,
+            max_delay=self.options.reconnect_max_delay,
         )
         self.link.observe_command_ready(self._command_ready)
+        self.link.observe_state(self._link_changed)
         # This node's contribution, the truth a sync writes back to Redis.
         self._counts: dict[str, int] = {}
         self._infos: dict[str, str] = {}
@@ -457,6 +518,23 @@ class RedisAdapter(Service):
         # redialling, and pub/sub does not keep messages for them).
         self._held: list[Transition] = []
         self._held_since: float | None = None
+        # What this node's clients may believe about presence channels:
+        # (app, channel) -> user ids they were told about (member lists and
+        # member events), for every presence channel with a local subscriber.
+        # After a fault (this node's link down, a script failed or was
+        # refused, Redis lost its data) the node is "suspect": once every
+        # node has written its state back, it reconciles its own clients
+        # with what Redis holds (member_added for the missing, member_removed
+        # for the ghosts). "partial" channels had a client join with a
+        # member list decided locally, which lacks the other nodes' members.
+        self._believed: dict[tuple[str, str], set[str]] = {}
+        self._partial: set[tuple[str, str]] = set()
+        self._suspect = False
+        self._resynced_at: float | None = None
+        self._syncs_sent = 0
+        self._link_up_at = 0.0
+        self._reconciling = False
+        self.reconciles = 0
         self.local_answers = 0
         self.purged_nodes = 0
         # Registered nodes at the last heartbeat that found the registry
@@ -552,29 +630,105 @@ class RedisAdapter(Service):
         args: list[str | int] = [self._prefix, self.node_id, "d"]
         for field, delta, info in entries:
             args += [field, delta, info]
+        syncs_before = self._syncs_sent
         d = self.link.run_script(APPLY, args, timeout=self.options.requests_timeout)
-        d.addCallback(lambda reply: _transitions(reply[1:]))
+
+        def applied(reply: list[Any]) -> list[Transition] | None:
+            if int(reply[0]) == 3:
+                self._state_lost(fields, syncs_before)
+                return None
+            return _transitions(reply[1:])
+
+        d.addCallback(applied)
         d.addErrback(self._script_failed, fields)
         return d
 
     def _unsynced(self, fields: Iterable[str]) -> None:
         """
-        Changes the cluster did not hear about: the next sync writes them.
+        Changes the cluster did not hear about (decided from local state):
+        the next sync writes them, and this node's clients are reconciled
+        once the cluster has settled.
         """
         self._need_sync = True
         self._dirty.update(f for f in fields if f.startswith("p"))
+        self._mark_suspect()
+
+    def _mark_suspect(self) -> None:
+        """
+        This node's clients may hold stale presence lists from now on.
+        """
+        self._suspect = True
+        self._resynced_at = None
+
+    def _state_lost(self, fields: Iterable[str] = (), syncs_before: int | None = None) -> None:
+        """
+        Redis does not know this node (it lost its data, or purged this
+        node as dead): nothing was applied. Write the whole state back at
+        once, unless a sync sent after the refused change is on its way.
+        """
+        self._unsynced(fields)
+        if syncs_before is None or syncs_before == self._syncs_sent:
+            self.log.warn("Redis does not know this node; writing its whole state back")
+            self._sync()
 
     def _script_failed(self, failure: Failure, fields: Iterable[str] = ()) -> None:
         self._unsynced(fields)
         self.log.debug("Cluster update failed: {why}", why=failure.getErrorMessage())
         return None
 
-    def _report(self, transitions: list[Transition] | None) -> None:
+    def _link_changed(self, up: bool) -> None:
+        """
+        A Redis connection went down: messages to this node are lost and
+        its decisions are local until it is back, so resync and reconcile
+        then.
+        """
+        if not up:
+            self._need_sync = True
+            self._mark_suspect()
+
+    # -- what this node's clients were told about presence ------------------
+
+    def _believe(
+        self, app_id: str, channel: str, user_ids: Iterable[str], partial: bool = False
+    ) -> None:
+        """
+        A local client was given a member list for C{channel}.
+        """
+        key = (app_id, channel)
+        self._believed.setdefault(key, set()).update(user_ids)
+        if partial:
+            self._partial.add(key)
+
+    def _forget_if_empty(self, app_id: str, channel: str) -> None:
+        """
+        Stop tracking a presence channel once no local client is on it.
+        """
+        key = (app_id, channel)
+        if key in self._believed and not self.local.registry.subscribers(app_id, channel):
+            del self._believed[key]
+            self._partial.discard(key)
+
+    def _deliver(
+        self, app_id: str, channel: str, frame: bytes, except_socket_id: str | None
+    ) -> None:
+        """
+        Deliver to this node's subscribers, noting member events on
+        presence channels (what the clients now believe).
+        """
+        believed = self._believed.get((app_id, channel)) if self._believed else None
+        if believed is not None and b"pusher_internal:member_" in frame:
+            _note_member_event(believed, frame)
+        self.local.broadcast(app_id, channel, frame, except_socket_id)
+
+    def _report(
+        self, transitions: list[Transition] | None, local: Sequence[Transition] = ()
+    ) -> None:
         """
         Tell the observer about occupancy decided for a caller that did not
-        wait.
+        wait: the cluster's decision, or this node's (C{local}) if the
+        cluster could not decide.
         """
-        for t in transitions or ():
+        for t in transitions if transitions is not None else local:
             if t.kind == "o":
                 self.observer.channel_occupied(t.app_id, t.channel)
             elif t.kind == "v":
@@ -585,7 +739,11 @@ class RedisAdapter(Service):
     def broadcast(
         self, app_id: str, channel: str, frame: bytes, except_socket_id: str | None
     ) -> None:
-        self.local.broadcast(app_id, channel, frame, except_socket_id)
+        """
+        Deliver locally, then publish to the other nodes. Never raises for
+        a cluster fault: the publish is dropped and counted instead.
+        """
+        self._deliver(app_id, channel, frame, except_socket_id)
         self._publish_broadcast(app_id, channel, frame, except_socket_id)
 
     def _publish_broadcast(
@@ -595,8 +753,8 @@ class RedisAdapter(Service):
             # Not a real socket id (those are digits and a dot); it must not
             # shift the fields of the bus message.
             except_socket_id = None
-        self.link.publish(
-            _USB.join(
+        try:
+            message = _USB.join(
                 [
                     b"B" + self._node_b,
                     app_id.encode(),
@@ -605,11 +763,20 @@ class RedisAdapter(Service):
                     frame,
                 ]
             )
-        )
+        except UnicodeError:
+            self.log.info(
+                "Not publishing to the cluster: channel {channel!r} is not UTF-8", channel=channel
+            )
+            return
+        self.link.publish(message)
 
     def terminate_user_connections(self, app_id: str, user_id: str) -> None:
         self.local.terminate_user_connections(app_id, user_id)
-        self.link.publish(_USB.join([b"T" + self._node_b, app_id.encode(), user_id.encode()]))
+        try:
+            message = _USB.join([b"T" + self._node_b, app_id.encode(), user_id.encode()])
+        except UnicodeError:
+            return
+        self.link.publish(message)
 
     def _on_message(self, payload: bytes) -> None:
         """
@@ -619,9 +786,7 @@ class RedisAdapter(Service):
         if kind == b"B":
             origin, app, channel, except_id, frame = payload[1:].split(_USB, 4)
             if origin != self._node_b:
-                self.local.broadcast(
-                    app.decode(), channel.decode(), frame, except_id.decode() or None
-                )
+                self._deliver(app.decode(), channel.decode(), frame, except_id.decode() or None)
         elif kind == b"T":
             origin, app, user = payload[1:].split(_USB, 2)
             if origin != self._node_b:
@@ -707,6 +872,10 @@ class RedisAdapter(Service):
         member: PresenceMember | None,
         max_members: int,
     ) -> Deferred[SubscribeOutcome]:
+        """
+        Join locally, then let the cluster decide the transitions. Never
+        fails for a Redis fault: the local decision stands instead.
+        """
         registry = self.local.registry
         already = channel in registry.socket_channels(socket_id)
         outcome = registry.subscribe(app_id, channel, socket_id, member, max_members)
@@ -718,15 +887,22 @@ class RedisAdapter(Service):
             d = self._deltas([(s_field, 1, "")])
             if d is None:
                 return succeed(outcome)
-            d.addCallback(self._report)
+            local = [Transition("o", app_id, channel)] if outcome.occupied else []
+            d.addCallback(self._report, local)
             return succeed(attrs.evolve(outcome, occupied=False))
         info = json.dumps(member.user_info, ensure_ascii=False, separators=(",", ":"))
         p_field = _p_field(app_id, channel, member.user_id)
         self._bump(p_field, 1, info)
         self._socket_members.setdefault(socket_id, {})[channel] = member.user_id
+
+        def local_decision() -> SubscribeOutcome:
+            self._believe(app_id, channel, outcome.members or {}, partial=True)
+            return outcome
+
         if not self.link.commands.up:
-            self._unsynced([p_field])
-            return succeed(outcome)
+            self._unsynced([s_field, p_field])
+            return succeed(local_decision())
+        syncs_before = self._syncs_sent
         j = self.link.run_script(
             JOIN,
             [self._prefix, self.node_id, app_id, channel, member.user_id, info, max_members],
@@ -734,21 +910,27 @@ class RedisAdapter(Service):
         )
 
         def joined(reply: list[Any]) -> SubscribeOutcome:
-            if int(reply[0]) == 0:
+            status = int(reply[0])
+            if status == 3:
+                self._state_lost([s_field, p_field], syncs_before)
+                return local_decision()
+            if status == 0:
                 return self._refuse(app_id, channel, socket_id, member.user_id)
             transitions = _transitions(reply[1])
+            members = _pairs_to_members(reply[2])
+            self._believe(app_id, channel, members)
             return attrs.evolve(
                 outcome,
                 occupied=any(t.kind == "o" for t in transitions),
                 member_added=any(t.kind == "a" for t in transitions),
-                members=_pairs_to_members(reply[2]),
+                members=members,
             )
 
-        def local_decision(f: Failure) -> SubscribeOutcome:
-            self._script_failed(f, [p_field])
-            return outcome
+        def failed(f: Failure) -> SubscribeOutcome:
+            self._script_failed(f, [s_field, p_field])
+            return local_decision()
 
-        return j.addCallbacks(joined, local_decision)
+        return j.addCallback(joined).addErrback(failed)
 
     def _refuse(self, app_id: str, channel: str, socket_id: str, user_id: str) -> SubscribeOutcome:
         """
@@ -758,20 +940,27 @@ class RedisAdapter(Service):
         self._bump(_s_field(app_id, channel), -1)
         self._bump(_p_field(app_id, channel, user_id), -1)
         self._socket_members.get(socket_id, {}).pop(channel, None)
+        self._forget_if_empty(app_id, channel)
         return SubscribeOutcome(accepted=False, count=left.count)
 
     def unsubscribe(
         self, app_id: str, channel: str, socket_id: str
     ) -> Deferred[UnsubscribeOutcome]:
+        """
+        Leave locally, then let the cluster decide the transitions. Never
+        fails for a Redis fault: the local decision stands instead.
+        """
         outcome = self.local.registry.unsubscribe(app_id, channel, socket_id)
         if not outcome.removed:
             return succeed(outcome)
         entries = self._leave_entries(app_id, socket_id, [channel])
+        self._forget_if_empty(app_id, channel)
         d = self._deltas(entries)
         if d is None:
             return succeed(outcome)
         if not any(e[0].startswith("p") for e in entries):
-            d.addCallback(self._report)
+            local = [Transition("v", app_id, channel)] if outcome.vacated else []
+            d.addCallback(self._report, local)
             return succeed(attrs.evolve(outcome, vacated=False))
 
         def decided(transitions: list[Transition] | None) -> UnsubscribeOutcome:
@@ -779,7 +968,7 @@ class RedisAdapter(Service):
                 return outcome
             return _cluster_unsubscribe(outcome, app_id, transitions)
 
-        return d.addCallback(decided)
+        return d.addCallback(decided).addErrback(_local_instead, self.log, outcome)
 
     def _leave_entries(
         self, app_id: str, socket_id: str, channels: Iterable[str]
@@ -804,12 +993,19 @@ class RedisAdapter(Service):
         return entries
 
     def remove_socket(self, app_id: str, socket_id: str) -> Deferred[SocketRemoval[ILocalSocket]]:
+        """
+        Forget a connection locally, then let the cluster decide the
+        transitions. Never fails for a Redis fault: the local decisions
+        (member_removed when this node held the user's last socket) stand.
+        """
         known = self.local.has_socket(socket_id)
         removal: SocketRemoval[ILocalSocket] = _now(self.local.remove_socket(app_id, socket_id))
         if not known:
             return succeed(removal)
         left = [o.channel for o in removal.unsubscribed if o.removed]
         entries = self._leave_entries(app_id, socket_id, left)
+        for channel in left:
+            self._forget_if_empty(app_id, channel)
         self._socket_members.pop(socket_id, None)
         field = _c_field(app_id)
         self._bump(field, -1)
@@ -818,7 +1014,8 @@ class RedisAdapter(Service):
         if d is None:
             return succeed(removal)
         if not any(e[0].startswith("p") for e in entries):
-            d.addCallback(self._report)
+            local = [Transition("v", app_id, o.channel) for o in removal.unsubscribed if o.vacated]
+            d.addCallback(self._report, local)
             return succeed(
                 attrs.evolve(
                     removal,
@@ -838,7 +1035,7 @@ class RedisAdapter(Service):
                 ),
             )
 
-        return d.addCallback(decided)
+        return d.addCallback(decided).addErrback(_local_instead, self.log, removal)
 
     # -- liveness, sync and dead nodes -------------------------------------
 
@@ -847,31 +1044,43 @@ class RedisAdapter(Service):
         The command connection is (again) usable: register and rewrite this
         node's contribution before anything else goes out on it.
         """
+        self._link_up_at = self.clock.seconds()
         self._heartbeat(force_sync=True)
 
     def _heartbeat(self, force_sync: bool = False) -> None:
         """
-        Refresh this node's deadline, resync if needed, purge dead nodes.
+        Resync if needed, refresh this node's deadline, purge dead nodes,
+        and finish a recovery (held announcements, reconciling clients).
         """
         if not self.link.commands.up:
             return
+        if force_sync or self._need_sync:
+            # Before the heartbeat: the sync registers the node, so the
+            # heartbeat finds it known.
+            self._sync()
         d = self.link.run_script(
             HEARTBEAT,
             [self._prefix, self.node_id, self.options.ttl_ms],
             timeout=self.options.requests_timeout,
         )
-        if force_sync or self._need_sync:
-            self._sync()
-        self._release_held()
+        self._settle()
 
         def beat(reply: list[Any]) -> None:
             known, dead = int(reply[0]), [_text(n) for n in reply[1]]
             if known:
                 size = int(reply[2])
-                self._cluster_size = max(self._cluster_size, size) if self._held else size
-            if not known and not force_sync:
-                self.log.warn("This node had been declared dead; re-registering its state")
-                self._sync()
+                keep = self._held or self._suspect
+                self._cluster_size = max(self._cluster_size, size) if keep else size
+            elif not self._need_sync:
+                # Redis lost its data (restart, FLUSHALL) or purged this
+                # node while it stalled.
+                self._state_lost()
+            if self.clock.seconds() - self._link_up_at < self.options.reconnect_grace:
+                # Just back from an outage: after Redis stalled, every
+                # deadline has passed, but the other nodes are redialling
+                # too and will refresh theirs; purging them now would tell
+                # every client their members left, then came back.
+                dead = []
             for node in dead:
                 if node != self.node_id:
                     self._purge(node)
@@ -880,50 +1089,63 @@ class RedisAdapter(Service):
 
     def _sync(self) -> None:
         """
-        Make Redis hold exactly this node's contribution, and tell the other
-        nodes about member changes they missed.
+        Make Redis hold exactly this node's contribution (registering the
+        node), and tell the other nodes about member changes they missed:
+        all of them when Redis had nothing of this node (data lost, purged
+        as dead), else those that changed here while the cluster could not
+        hear.
         """
         self._need_sync = False
+        self._syncs_sent += 1
         dirty, self._dirty = self._dirty, set()
-        args: list[str | int] = [self._prefix, self.node_id, "s"]
+        args: list[str | int] = [self._prefix, self.node_id, "s", self.options.ttl_ms]
         for field, count in self._counts.items():
             args += [field, count, self._infos.get(field, "")]
         d = self.link.run_script(APPLY, args, timeout=self.options.requests_timeout)
 
         def synced(reply: list[Any]) -> None:
+            status = int(reply[0])
             transitions = _transitions(reply[1:])
             if transitions:
                 self.log.info(
                     "Resynced this node's state with Redis ({n} cluster changes)",
                     n=len(transitions),
                 )
-            if int(reply[0]) != 2:
-                # Redis lost its data, or only this node's link dropped:
-                # the other nodes already know every member but those that
-                # changed here meanwhile.
+            if status == 1:
+                # Only this node's link dropped: the other nodes already
+                # know every member but those that changed here meanwhile.
                 transitions = [
                     t
                     for t in transitions
                     if t.user_id is not None and _p_field(t.app_id, t.channel, t.user_id) in dirty
                 ]
+            elif status == 2:
+                # The purge told every node, this one included, that its
+                # members left.
+                self._mark_suspect()
             if transitions:
                 self._held += transitions
                 if self._held_since is None:
                     self._held_since = self.clock.seconds()
-                self._release_held()
+            if not self._need_sync:
+                self._resynced_at = self.clock.seconds()
+            self._settle()
 
         def failed(f: Failure) -> None:
-            self._script_failed(f, dirty)
+            self._dirty |= dirty
+            self._script_failed(f)
 
         d.addCallbacks(synced, failed)
 
-    def _release_held(self) -> None:
+    def _settle(self) -> None:
         """
-        Announce held member events once as many nodes listen on the bus as
-        are registered (or were, before Redis lost its data), or after
-        C{node_timeout} at the latest.
+        Finish a recovery once the cluster has settled: as many nodes listen
+        on the bus as are registered (or were, before Redis lost its data),
+        and, for the reconcile, have written their state back; or after
+        C{node_timeout} at the latest. Then announce held member events to
+        the other nodes, and reconcile this node's clients with Redis.
         """
-        if not self._held or not self.link.commands.up:
+        if not (self._held or self._suspect) or not self.link.commands.up:
             return
         listening = self.link.command(
             "PUBSUB", "NUMSUB", self.link.channel, timeout=self.options.requests_timeout
@@ -932,16 +1154,104 @@ class RedisAdapter(Service):
             "ZCARD", self._prefix + "nodes", timeout=self.options.requests_timeout
         )
 
+        both: Deferred[list[Any]] = gatherResults([listening, registered], consumeErrors=True)
+
         async def check() -> None:
-            subscribers = int((await listening)[1])
-            nodes = int(await registered)
-            waited = self.clock.seconds() - (self._held_since or 0.0)
+            numsub, zcard = await both
+            subscribers, nodes = int(numsub[1]), int(zcard)
+            now = self.clock.seconds()
             needed = max(nodes, self._cluster_size)
-            if self._held and (subscribers >= needed or waited >= self.options.node_timeout):
-                held, self._held, self._held_since = self._held, [], None
-                self._announce(held, to_self=False, report=False)
+            if self._held:
+                waited = now - (self._held_since or now)
+                if subscribers >= needed or waited >= self.options.node_timeout:
+                    held, self._held, self._held_since = self._held, [], None
+                    self._announce(
+                        [t for t in held if self._still_true(t)], to_self=False, report=False
+                    )
+            resynced = self._resynced_at
+            if (
+                self._suspect
+                and resynced is not None
+                and not self._need_sync
+                and self.link.subscriber.up
+                and (
+                    (nodes >= self._cluster_size and subscribers >= needed)
+                    or now - resynced >= self.options.node_timeout
+                )
+            ):
+                await self._reconcile()
 
         Deferred.fromCoroutine(check()).addErrback(self._script_failed)
+
+    def _still_true(self, t: Transition) -> bool:
+        """
+        Whether a held member event still matches this node's state (the
+        member may have left, or come back, while it was held).
+        """
+        if t.user_id is None:
+            return True
+        here = _p_field(t.app_id, t.channel, t.user_id) in self._counts
+        return here if t.kind == "a" else not here
+
+    async def _reconcile(self) -> None:
+        """
+        Make this node's clients' presence lists what Redis holds: after a
+        fault they may lack members (a list decided locally, member_added
+        events lost) or keep ghosts (member_removed events lost or never
+        decided). Sends member_added for members they may lack and
+        member_removed for ghosts, to local subscribers only (every node
+        reconciles its own clients).
+        """
+        if self._reconciling:
+            return
+        self._reconciling = True
+        self._suspect = False
+        partial, self._partial = self._partial, set()
+        try:
+            keys = list(self._believed)
+            replies = [
+                self.link.command(
+                    "HGETALL",
+                    f"{self._prefix}a:{app_id}:pi:{channel}",
+                    timeout=self.options.requests_timeout,
+                ).addErrback(lambda f: f.value)
+                for app_id, channel in keys
+            ]
+            sent = 0
+            for (app_id, channel), reply in zip(keys, replies, strict=True):
+                flat = await reply
+                if not isinstance(flat, list):
+                    # The read failed (an exception, not a reply): try again
+                    # at the next heartbeat.
+                    self._mark_suspect()
+                    self._need_sync = True
+                    self._partial.add((app_id, channel))
+                    continue
+                believed = self._believed.get((app_id, channel))
+                if believed is None:
+                    continue
+                infos = {_text(k): _text(v) for k, v in _pairs(flat)}
+                ghosts = [u for u in believed if u not in infos]
+                everyone = (app_id, channel) in partial
+                missing = [u for u in infos if everyone or u not in believed]
+                for user_id in ghosts:
+                    self._deliver(app_id, channel, events.member_removed(channel, user_id), None)
+                for user_id in missing:
+                    try:
+                        info = json.loads(infos[user_id])
+                    except ValueError:
+                        info = None
+                    frame = events.member_added(channel, user_id, info)
+                    self._deliver(app_id, channel, frame, None)
+                sent += len(ghosts) + len(missing)
+            self.reconciles += 1
+            if sent:
+                self.log.info(
+                    "Reconciled local clients' presence lists with the cluster ({n} member events)",
+                    n=sent,
+                )
+        finally:
+            self._reconciling = False
 
     def _purge(self, node: str) -> None:
         """
@@ -980,7 +1290,7 @@ class RedisAdapter(Service):
                 frame = events.member_removed(t.channel, t.user_id)
             if frame is not None:
                 if to_self:
-                    self.local.broadcast(t.app_id, t.channel, frame, None)
+                    self._deliver(t.app_id, t.channel, frame, None)
                 self._publish_broadcast(t.app_id, t.channel, frame, None)
             if report:
                 if t.kind == "r" and t.user_id is not None:
@@ -999,6 +1309,38 @@ def _now(d: Deferred[Any]) -> Any:
     if isinstance(result, Failure):
         result.raiseException()
     return result
+
+
+def _local_instead(failure: Failure, log: Logger, local: Any) -> Any:
+    """
+    A cluster decision went wrong in an unexpected way (a bad reply): keep
+    the local decision, so the caller's work (a disconnect cleanup, a
+    member_removed) still happens.
+    """
+    log.failure("Cluster decision failed; using this node's", failure)
+    return local
+
+
+def _note_member_event(believed: set[str], frame: bytes) -> None:
+    """
+    Update what a presence channel's local clients believe from a
+    C{pusher_internal:member_added}/C{member_removed} frame sent to them.
+    """
+    try:
+        message = json.loads(frame)
+        data = message["data"]
+        if isinstance(data, str):
+            data = json.loads(data)
+        user_id = data["user_id"]
+        event = message["event"]
+    except (ValueError, KeyError, TypeError):
+        return
+    if not isinstance(user_id, str):
+        user_id = str(user_id)
+    if event == "pusher_internal:member_added":
+        believed.add(user_id)
+    elif event == "pusher_internal:member_removed":
+        believed.discard(user_id)
 
 
 def _cluster_unsubscribe(
@@ -1042,39 +1384,9 @@ def _to_int(reply: Any) -> int:
     return int(reply) if reply is not None else 0
 
 
-@attrs.frozen
-class RedisServer:
-    """
-    Where Redis is, from a C{redis://} or C{rediss://} (TLS) URL.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 6379
-    db: int | None = None
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-
-
-def parse_redis_url(url: str) -> RedisServer:
-    """
-    Read C{redis[s]://[user[:password]@]host[:port][/db]}; other schemes
-    (Unix sockets, clusters) are refused with a clear message.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"adapter.redis: unsupported Redis URL scheme {parts.scheme!r} in {url!r}")
-    path = parts.path.strip("/")
-    if path and not path.isdigit():
-        raise ValueError(f"adapter.redis: the database in {url!r} must be a number")
-    return RedisServer(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or 6379,
-        db=int(path) if path else None,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password is not None else None,
-        tls=parts.scheme == "rediss",
-    )
+# The one Redis URL parser (sockudo_tw.redisurl), under this module's old names.
+RedisServer = RedisUrl
+parse_redis_url = parse_url
 
 
 def redis_adapter_from_config(
@@ -1088,18 +1400,22 @@ def redis_adapter_from_config(
     adapter_config = config.adapter
     server = parse_redis_url(adapter_config.redis_url or config.database_redis.url)
     health = adapter_config.cluster_health
+    requests_timeout = adapter_config.redis_requests_timeout_ms / 1000
+    heartbeat_interval = health.heartbeat_interval_ms / 1000
+    node_timeout = health.node_timeout_ms / 1000
+    period = min(heartbeat_interval, node_timeout / 4)
     options = RedisNodeOptions(
         prefix=adapter_config.redis_prefix,
-        requests_timeout=adapter_config.redis_requests_timeout_ms / 1000,
-        heartbeat_interval=health.heartbeat_interval_ms / 1000,
-        node_timeout=health.node_timeout_ms / 1000,
+        requests_timeout=requests_timeout,
+        heartbeat_interval=heartbeat_interval,
+        node_timeout=node_timeout,
+        # A stalled Redis is noticed within one period plus the request
+        # timeout, well inside node_timeout.
+        ping_interval=min(10.0, period),
+        ping_timeout=min(5.0, requests_timeout),
         password=server.password,
         username=server.username,
         db=server.db,
     )
-    endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, server.host, server.port, timeout=5)
-    if server.tls:
-        from twisted.internet.ssl import optionsForClientTLS
-
-        endpoint = wrapClientTLS(optionsForClientTLS(server.host), endpoint)
+    endpoint: IStreamClientEndpoint = server.endpoint(reactor, timeout=5)
     return RedisAdapter(reactor, endpoint, options, local=local)
