@@ -1249,10 +1249,17 @@ def _body_size(request: IRequest) -> int:
     return int(size)
 
 
-class _QuietSite(Site):
+class MetricsSite(Site):
     """
-    A Site without an access log line per scrape.
+    The metrics listener's Site: no access log line per scrape, and a plain
+    name in the listener's start and stop lines.
     """
+
+    def logPrefix(self) -> str:  # noqa: N802 (Twisted's name)
+        """
+        The name in the listener's start and stop lines.
+        """
+        return "sockudo-tw metrics"
 
     def log(self, request: HTTPRequest) -> None:
         """
@@ -1266,7 +1273,7 @@ def metrics_site(registry: CollectorRegistry) -> Site:
     """
     root = Resource()  # type: ignore[no-untyped-call]
     root.putChild(b"metrics", MetricsResource(registry))
-    site = _QuietSite(root)  # type: ignore[no-untyped-call]
+    site = MetricsSite(root)  # type: ignore[no-untyped-call]
     site.displayTracebacks = False
     site.noisy = False
     return site

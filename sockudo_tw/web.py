@@ -10,26 +10,47 @@ Sockudo does (sockudo-reference.md section 3.7).
 
 from __future__ import annotations
 
+import io
+import json
+import re
 from collections.abc import Callable
+from typing import IO, Any
 
 import attrs
 from twisted.internet.defer import Deferred, TimeoutError, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocolNegotiationFactory,
+    IReactorTime,
+)
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.http import Request as HttpRequest
 from twisted.web.resource import IResource, NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
 from sockudo_tw.apps import IAppStore
+from sockudo_tw.config import HttpLimits
 
 __all__ = [
+    "BARE_EOL",
     "HEALTH_CHECK_TIMEOUT",
+    "REASONS",
+    "SERVER_NAME",
+    "BoundedChannel",
+    "BoundedRequest",
     "HealthResource",
+    "JsonError",
     "Lifecycle",
     "RedirectToHttps",
     "RootResource",
+    "SockudoSite",
     "always_healthy",
+    "error_response",
     "make_site",
 ]
 
@@ -186,6 +207,37 @@ def _is_websocket_upgrade(request: Request) -> bool:
     return upgrade is not None and upgrade.lower() == b"websocket"
 
 
+def _utf8(first: bytes, rest: list[bytes]) -> bool:
+    """
+    Whether the percent-decoded path segments are all UTF-8.
+    """
+    try:
+        first.decode("utf-8")
+        for segment in rest:
+            segment.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class JsonError(Resource):
+    """
+    A refusal in the API's form: C{code} and C{{"error": message}}.
+    """
+
+    isLeaf = True  # noqa: N815 (twisted.web's name)
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__()
+        self._code = code
+        self._body = json.dumps({"error": message}).encode("utf-8")
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(self._code)
+        request.setHeader(b"content-type", b"application/json")
+        return self._body
+
+
 class RootResource(Resource):
     """
     The root of every listener's C{Site}.
@@ -210,6 +262,9 @@ class RootResource(Resource):
             return self._websocket
         if path in (b"apps", b"users"):
             assert request.prepath is not None and request.postpath is not None
+            if not _utf8(path, request.postpath):
+                # Klein would log a traceback and answer an HTML 400.
+                return JsonError(400, "Invalid request path: not UTF-8 once percent-decoded")
             request.postpath.insert(0, request.prepath.pop())
             return self._api
         if path == b"up":
@@ -243,29 +298,445 @@ class RedirectToHttps(Resource):
         return b"Moved Permanently"
 
 
-class _QuietSite(Site):
+SERVER_NAME = b"sockudo-tw"
+"""
+The C{Server} header of twisted.web's answers: the name, never versions.
+"""
+
+REASONS: dict[int, bytes] = {
+    **RESPONSES,
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+}
+"""
+Reason phrases by status (RFC 9110's), twisted.web's table completed with
+the statuses it lacks or names after older RFCs.
+"""
+
+
+def error_response(code: int, message: str) -> bytes:
     """
-    A C{Site} that writes no access-log line per request: at the default
-    level a busy API would otherwise log every trigger.
+    A whole HTTP/1.1 answer refusing a request, with Pusher's JSON error body,
+    after which the connection is closed.
     """
+    body = json.dumps({"error": message}).encode("utf-8")
+    head = b"HTTP/1.1 %d %s\r\n" % (code, REASONS.get(code, b"Error"))
+    return (
+        head
+        + b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % (len(body),)
+        + body
+    )
+
+
+BARE_EOL = re.compile(rb"(?<!\r)\n|\r(?=[^\n])")
+"""
+An LF without its CR, or a CR followed by anything but LF: RFC 9112 lets a
+server reject both in a request head, and twisted.web's line parser would
+wait for a CRLF that never comes.
+"""
+
+
+_REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \x00-\x20\x7f]+ HTTP/[0-9]\.[0-9]")
+"""
+A request line as RFC 9112 spells it: a method token, one space, a target
+without spaces or controls, one space, the version.
+"""
+
+
+class BoundedChannel(HTTPChannel):
+    """
+    twisted.web's HTTP/1.1 channel with every bound of the HTTP edge
+    (L{HttpLimits}): a head over C{max_header_bytes} or C{max_headers} gets
+    431, a bare LF or CR in it 400, a body over the limit 413 as soon as its
+    C{Content-Length} (or, chunked, its size so far) says so; a head not
+    complete C{header_timeout_seconds} after it started (or after connect),
+    or a body C{body_timeout_seconds} after its head, gets 408. Each refusal
+    is written at once with a JSON body and the connection closed, reading
+    nothing more. Idle keep-alive connections close after twisted.web's
+    C{timeOut} (the C{Site}'s, C{idle_timeout_seconds}).
+
+    Set by the C{Site} before the connection starts:
+
+    @ivar limits: the bounds.
+    @ivar clock: for the timeouts.
+    @ivar head_started: when the head being read started; L{None} between
+        requests. A L{sockudo_tw.triggerchannel.TriggerChannel} handing a
+        connection over passes its own, so the timeout does not restart.
+    """
+
+    _log = Logger()
+    limits: HttpLimits = HttpLimits()
+    clock: IReactorTime
+    head_started: float | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tail = b""
+        self._head_bytes = 0
+        self._head_lines = 0
+        self._body_started: float | None = None
+        self._deadline: IDelayedCall | None = None
+        self._receiving = False
+        self.refused = False
+
+    def connectionMade(self) -> None:
+        """
+        Apply the limits and start the first head's timeout.
+        """
+        self.maxHeaders = self.limits.max_headers
+        self.totalHeadersSize = self.limits.max_header_bytes
+        self.MAX_LENGTH = self.limits.max_header_bytes
+        super().connectionMade()
+        if self.head_started is None:
+            self.head_started = self.clock.seconds()
+        self._arm()
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Check what starts a request head for bare line ends, then parse as
+        twisted.web does; keep the deadline of a head or body still coming.
+        """
+        if self.refused:
+            return
+        if self.line_mode and not self._receiving:
+            if self.head_started is None:
+                self.head_started = self.clock.seconds()
+            if not self._scan_head(data):
+                return
+        self._receiving = True
+        try:
+            super().dataReceived(data)
+        finally:
+            self._receiving = False
+        if not self.refused and (self.head_started is not None or self._body_started is not None):
+            self._arm()
+
+    def _scan_head(self, data: bytes) -> bool:
+        """
+        Refuse a head (as far as C{data} continues it) with a bare LF or CR.
+
+        @return: whether the request may go on.
+        """
+        combined = self._tail + data
+        end = combined.find(b"\r\n\r\n")
+        head = combined if end < 0 else combined[: end + 4]
+        # Only the new bytes, and the tail's last one (a CR before them),
+        # need checking; the lookbehind still sees the tail.
+        if BARE_EOL.search(head, max(len(self._tail) - 1, 0)) is not None:
+            self.refuse(400, "Malformed request head: line ends must be CRLF")
+            return False
+        self._tail = b"" if end >= 0 else combined[-3:]
+        return True
+
+    def lineReceived(self, line: bytes) -> None:  # noqa: N802 (Twisted's name)
+        """
+        Count the head's bytes and fields against the limits.
+        """
+        if self.refused:
+            return
+        if self.head_started is None:
+            self.head_started = self.clock.seconds()
+        self._head_bytes += len(line) + 2
+        if not line:
+            if self._head_lines:
+                # The end of the head.
+                self.head_started = None
+                self._tail = b""
+            self._head_bytes = 0
+            self._head_lines = 0
+            super().lineReceived(line)
+            return
+        self._head_lines += 1
+        limits = self.limits
+        if b"\n" in line or b"\r" in line:
+            self.refuse(400, "Malformed request head: line ends must be CRLF")
+        elif self._head_lines == 1 and _REQUEST_LINE.fullmatch(line) is None:
+            self.refuse(400, "Malformed request line: expected METHOD TARGET HTTP/x.y")
+        elif line[:15].lower() == b"content-length:" and len(line) > 15 + 40:
+            # More digits than any limit (and than int() takes): 413 now.
+            value = line[15:].strip(b" \t")
+            if value.isdigit() and len(value) > 18:
+                self.refuse(413, f"Request body too large: more than {limits.body_limit} bytes")
+            else:
+                super().lineReceived(line)
+        elif self._head_bytes > limits.max_header_bytes:
+            self.refuse(
+                431, f"Request header fields too large: more than {limits.max_header_bytes} bytes"
+            )
+        elif self._head_lines - 1 > limits.max_headers:
+            self.refuse(431, f"Too many request header fields: more than {limits.max_headers}")
+        else:
+            super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802 (Twisted's name)
+        """
+        A line longer than the whole head may be: 431, or 400 if it is
+        really several lines with bare line ends.
+        """
+        if BARE_EOL.search(line) is not None:
+            self.refuse(400, "Malformed request head: line ends must be CRLF")
+        else:
+            self.refuse(
+                431,
+                f"Request header fields too large: more than {self.limits.max_header_bytes} bytes",
+            )
+
+    def allHeadersReceived(self) -> None:  # noqa: N802 (Twisted's name)
+        """
+        Refuse a declared body over the limit before reading any of it (and
+        before any C{100 Continue}); otherwise start the body's timeout.
+        """
+        limit = self.limits.body_limit
+        if self.length is not None and self.length > limit:
+            self.refuse(413, f"Request body too large: {self.length} > {limit} bytes")
+            return
+        super().allHeadersReceived()
+        if self.length != 0:
+            self._body_started = self.clock.seconds()
+
+    def allContentReceived(self) -> None:  # noqa: N802 (Twisted's name)
+        """
+        Serve the request, unless it was refused meanwhile.
+        """
+        if self.refused:
+            return
+        self._body_started = None
+        # Nothing is due until the next head spans reads (or for good, if
+        # the request upgrades to a WebSocket and this channel is left).
+        self._stop_deadline()
+        super().allContentReceived()
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:  # noqa: N802
+        """
+        Whether the connection stays open after C{request}, reading every
+        C{Connection} header's comma-separated options (RFC 9110 section
+        7.6.1); twisted.web reads only the first header's space-separated
+        words.
+        """
+        values = request.requestHeaders.getRawHeaders(b"Connection") or []
+        options = {option.strip().lower() for value in values for option in value.split(b",")}
+        if version != b"HTTP/1.1":
+            return False
+        if b"close" in options:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return True
+
+    def refuse(self, code: int, message: str) -> None:
+        """
+        Answer C{code} with C{message} in Pusher's JSON error form and close,
+        reading nothing more from this connection.
+        """
+        if self.refused:
+            return
+        self.refused = True
+        self._stop_deadline()
+        self._log.debug(
+            "Refused an HTTP request from {peer}: {code} {message}",
+            peer=str(self.transport.getPeer()) if self.transport is not None else None,
+            code=code,
+            message=message,
+        )
+        if self.transport is not None:
+            self.transport.write(error_response(code, message))
+        self.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Stop the deadline along with twisted.web's timers.
+        """
+        self._stop_deadline()
+        super().connectionLost(reason)
+
+    # -- header and body timeouts ----------------------------------------------
+
+    def _due(self) -> float | None:
+        """
+        When the head or body being read must be complete, if one is.
+        """
+        if self.head_started is not None:
+            return self.head_started + self.limits.header_timeout_seconds
+        if self._body_started is not None:
+            return self._body_started + self.limits.body_timeout_seconds
+        return None
+
+    def _arm(self) -> None:
+        """
+        Make sure L{_expire} runs by the current deadline (one timer per
+        connection, moved only when a deadline comes earlier).
+        """
+        due = self._due()
+        if due is None:
+            return
+        delay = max(due - self.clock.seconds(), 0.0)
+        call = self._deadline
+        if call is not None and call.active():
+            if call.getTime() > due:
+                call.reset(delay)
+            return
+        self._deadline = self.clock.callLater(delay, self._expire)
+
+    def _expire(self) -> None:
+        """
+        408 and close if the head or body is late; otherwise wait for the
+        deadline now due.
+        """
+        self._deadline = None
+        due = self._due()
+        if due is None:
+            return
+        if self.clock.seconds() >= due:
+            if self.head_started is None:
+                seconds, part = self.limits.body_timeout_seconds, "body"
+            elif self._tail or self._head_bytes:
+                seconds, part = self.limits.header_timeout_seconds, "headers"
+            else:
+                # Nothing of a request came: close without a word.
+                self.refused = True
+                self.loseConnection()
+                return
+            self.refuse(408, f"Request {part} not received within {seconds} seconds")
+            return
+        self._arm()
+
+    def _stop_deadline(self) -> None:
+        call, self._deadline = self._deadline, None
+        if call is not None and call.active():
+            call.cancel()
+
+
+class BoundedRequest(Request):
+    """
+    twisted.web's request with a bounded body (chunked bodies are counted as
+    they come), RFC 9110's reason phrases and no versions in C{Server}.
+    """
+
+    _body_size = 0
+
+    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802 (twisted.web's name)
+        """
+        Keep a body chunk in memory, or refuse the request with 413 when the
+        body passes the limit.
+        """
+        channel = self.channel
+        if isinstance(channel, BoundedChannel):
+            if channel.refused:
+                return
+            self._body_size += len(data)
+            limit = channel.limits.body_limit
+            if self._body_size > limit:
+                channel.refuse(413, f"Request body too large: more than {limit} bytes")
+                return
+        super().handleContentChunk(data)
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:  # noqa: N802
+        """
+        Set the status with RFC 9110's reason phrase (twisted.web has none
+        for 429).
+        """
+        if message is None:
+            message = REASONS.get(code, b"Unknown Status")
+        super().setResponseCode(code, message)
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:  # noqa: N802
+        """
+        Set a response header; twisted.web's C{Server} (with its version)
+        becomes L{SERVER_NAME}.
+        """
+        if name == b"Server":
+            value = SERVER_NAME
+        super().setHeader(name, value)
+
+
+@implementer(IProtocolNegotiationFactory)
+class SockudoSite(Site):
+    """
+    The C{Site} of every listener: L{BoundedChannel}s and L{BoundedRequest}s
+    with bodies in memory, HTTP/1.1 offered over ALPN (h2 is not served),
+    and an access-log line per request only when asked for (at the default
+    level a busy API would otherwise log every trigger).
+    """
+
+    noisy = False
+    protocol = BoundedChannel  # type: ignore[assignment]
+    requestFactory = BoundedRequest  # noqa: N815 (twisted.web's name)
+
+    def __init__(
+        self,
+        root: IResource,
+        limits: HttpLimits,
+        clock: IReactorTime,
+        access_log: bool = False,
+    ) -> None:
+        super().__init__(
+            root,
+            parsePOSTFormSubmission=False,
+            timeout=limits.idle_timeout_seconds,
+            reactor=clock,
+        )
+        self.limits = limits
+        self.clock = clock
+        self.access_log = access_log
+        self.displayTracebacks = False
+
+    def buildProtocol(self, addr: IAddress | None) -> BoundedChannel:  # type: ignore[override]
+        """
+        A channel with this site's limits.
+        """
+        channel: BoundedChannel = super().buildProtocol(addr)
+        channel.limits = self.limits
+        channel.clock = self.clock
+        return channel
+
+    def getContentFile(self, length: int | None) -> IO[bytes]:  # noqa: N802 (twisted.web's name)
+        """
+        Keep every body in memory: bodies are bounded by the limit, and
+        nothing a client sends before being authenticated goes to disk.
+        """
+        return io.BytesIO()
+
+    def acceptableProtocols(self) -> list[bytes]:  # noqa: N802 (Twisted's name)
+        """
+        HTTP/1.1 only over ALPN.
+        """
+        return [b"http/1.1"]
+
+    def logPrefix(self) -> str:  # noqa: N802 (Twisted's name)
+        """
+        The name in the listener's start and stop lines.
+        """
+        return "sockudo-tw HTTP"
 
     def log(self, request: HttpRequest) -> None:
         """
-        Log nothing for this request.
+        Write the access-log line of C{request} if the access log is on.
         """
+        if self.access_log:
+            super().log(request)
 
 
-def make_site(root: IResource, access_log: bool = False) -> Site:
+def make_site(
+    root: IResource,
+    access_log: bool = False,
+    limits: HttpLimits | None = None,
+    clock: IReactorTime | None = None,
+) -> SockudoSite:
     """
-    The C{Site} serving C{root}, without tracebacks in error pages, logging
-    each request only when C{access_log} is set (debug).
+    The C{Site} serving C{root}, without tracebacks in error pages, within
+    C{limits} (L{HttpLimits}' defaults if not given), logging each request
+    only when C{access_log} is set (debug).
 
     POST bodies are not parsed as HTML forms into C{request.args}: no route
     reads form fields (the API takes JSON), and twisted.web would otherwise
     parse every POST's C{Content-Type} through the C{email} package, which
     cost about a sixth of the server's CPU per API trigger.
     """
-    site_class = Site if access_log else _QuietSite
-    site = site_class(root, parsePOSTFormSubmission=False)
-    site.displayTracebacks = False
-    return site
+    if clock is None:
+        from twisted.internet import reactor
+
+        clock = reactor
+    assert clock is not None
+    return SockudoSite(root, limits or HttpLimits(), clock, access_log)

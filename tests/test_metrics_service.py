@@ -392,3 +392,21 @@ class WebhookLoopbackTests(_Daemon):
         result = await self.scrape()
         self.assertEqual(result.value("sockudo_webhooks_failed_total", app_id="app-id"), 0)
         self.assertEqual(result.value("sockudo_webhook_queue_depth"), 0)
+
+
+class MetricsSiteTests(SynchronousTestCase):
+    """
+    The metrics listener's start and stop lines name it plainly.
+    """
+
+    def test_start_line(self) -> None:
+        """
+        The listener's "starting on" line (Twisted takes its name from the
+        factory's C{logPrefix}) says C{sockudo-tw metrics}, not an internal
+        class name.
+        """
+        from prometheus_client import CollectorRegistry
+
+        from sockudo_tw.metrics import metrics_site
+
+        self.assertEqual(metrics_site(CollectorRegistry()).logPrefix(), "sockudo-tw metrics")

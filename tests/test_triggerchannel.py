@@ -30,7 +30,7 @@ from twisted.web.static import Data
 from sockudo_tw.api import PusherApi
 from sockudo_tw.apps import MemoryAppStore
 from sockudo_tw.cache import MemoryChannelCache
-from sockudo_tw.config import parse_config
+from sockudo_tw.config import HttpLimits, parse_config
 from sockudo_tw.pusher.app import App
 from sockudo_tw.pusher.signing import sign_api_query
 from sockudo_tw.service import make_service
@@ -142,7 +142,7 @@ class ChannelMixin:
     C{/apps} and a static C{/up}, on a clock at the example timestamp.
     """
 
-    def make(self, apps: MemoryAppStore | None = None, **kwargs: Any) -> None:
+    def make(self, apps: MemoryAppStore | None = None, limits: HttpLimits | None = None) -> None:
         self.clock = Clock()
         self.clock.advance(NOW)
         self.apps = apps or MemoryAppStore(
@@ -159,7 +159,9 @@ class ChannelMixin:
             cache=MemoryChannelCache(self.clock),
         )
         self.site = make_site(
-            RootResource(Resource(), self.api.resource(), Data(b"OK", "text/plain"))
+            RootResource(Resource(), self.api.resource(), Data(b"OK", "text/plain")),
+            limits=limits,
+            clock=self.clock,
         )
         self.recorded: list[tuple[TriggerRequest, float, int]] = []
         self.factory = TriggerChannelFactory(
@@ -167,7 +169,6 @@ class ChannelMixin:
             self.api.render_trigger,
             self.clock,
             lambda *call: self.recorded.append(call),
-            **kwargs,
         )
 
     def connect(self) -> tuple[TriggerChannel, StringTransport]:
@@ -437,6 +438,7 @@ class TriggerChannelTests(ChannelMixin, SynchronousTestCase):
         )
         self.assertEqual(found[2][:1], (200,))
         self.assertEqual(len(self.adapter.broadcasts), 2)
+        site_channel.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
         site_channel.connectionLost(Failure(ConnectionDone()))
 
@@ -453,28 +455,31 @@ class TriggerChannelTests(ChannelMixin, SynchronousTestCase):
 
     def test_idle_timeout(self) -> None:
         """
-        A connection idle for the whole timeout is closed; requests do not
-        re-arm the timer, which only looks again when it fires.
+        A connection idle for the whole timeout after its last answer is
+        closed without a word; requests do not re-arm the timer, which only
+        looks again when it fires.
         """
-        self.make(idle_timeout=60)
+        self.make(limits=HttpLimits(idle_timeout_seconds=60))
         channel, transport = self.connect()
-        self.clock.advance(50)
-        channel.dataReceived(signed_trigger(event(), timestamp=NOW + 50))
+        self.clock.advance(5)
+        channel.dataReceived(signed_trigger(event(), timestamp=NOW + 5))
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
-        self.clock.advance(10)
-        self.assertFalse(transport.disconnecting)
-        self.clock.advance(49)
+        transport.clear()
+        self.clock.advance(59)
         self.assertFalse(transport.disconnecting)
         self.clock.advance(1)
         self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
         channel.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_default_timeout_is_the_sites(self) -> None:
+    def test_default_limits_are_the_sites(self) -> None:
         """
-        Without an explicit timeout, the C{Site}'s applies.
+        The channel applies the C{Site}'s limits, and the C{Site}'s idle
+        timeout is C{idle_timeout_seconds}, not twisted.web's 12 hours.
         """
-        self.assertEqual(self.factory.idle_timeout, self.site.timeOut)
+        self.assertIs(self.factory.limits, self.site.limits)
+        self.assertEqual(self.site.timeOut, 60)
 
     def test_date_cached_per_second(self) -> None:
         """
