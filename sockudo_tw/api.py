@@ -40,13 +40,19 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from sockudo_tw.adapters import IAdapter
 from sockudo_tw.apps import IAppStore
 from sockudo_tw.cache import IChannelCache
-from sockudo_tw.pusher.app import App
+from sockudo_tw.pusher.app import App, valid_app_id
 from sockudo_tw.pusher.channels import (
     ChannelKind,
     channel_type,
+    valid_user_id,
     validate_channel_name,
 )
-from sockudo_tw.pusher.events import channel_event
+from sockudo_tw.pusher.events import (
+    MalformedJSONError,
+    channel_event,
+    parse_json,
+    valid_event_name,
+)
 from sockudo_tw.pusher.signing import ApiAuthError, verify_api_request
 from sockudo_tw.ratelimit import (
     IRateLimiter,
@@ -59,11 +65,12 @@ from sockudo_tw.ratelimit import (
 
 __all__ = ["ApiError", "PusherApi"]
 
-_SOCKET_ID = re.compile(r"^\d+\.\d+$")
-_USER_ID = re.compile(r"^[A-Za-z0-9_\-=@,.;:]+$")
+# The server SDKs' rule (^\d+\.\d+$), ASCII digits only, whole string.
+_SOCKET_ID = re.compile(r"[0-9]+\.[0-9]+")
 _RESERVED_PREFIXES = ("pusher:", "pusher_internal:")
 _TRIGGER_INFO = frozenset({"user_count", "subscription_count"})
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_log = Logger()
 
 
 class ApiError(Exception):
@@ -126,6 +133,8 @@ def _parse_event(app: App, item: object, where: str = "") -> _Event:
         _bad(f"{where}Expected name parameter to be a string")
     if not name:
         _bad(f"{where}Event name must not be empty")
+    if not valid_event_name(name):
+        _bad(f"{where}Event name must not contain control characters")
     if app.max_event_name_length and len(name) > app.max_event_name_length:
         _bad(f"{where}Event name is too long: {len(name)} > {app.max_event_name_length} characters")
     if name.startswith(_RESERVED_PREFIXES):
@@ -173,7 +182,7 @@ def _parse_event(app: App, item: object, where: str = "") -> _Event:
 
     socket_id = item.get("socket_id")
     if socket_id is not None and (
-        not isinstance(socket_id, str) or not _SOCKET_ID.match(socket_id)
+        not isinstance(socket_id, str) or _SOCKET_ID.fullmatch(socket_id) is None
     ):
         _bad(f"{where}Invalid socket id: {socket_id!r}")
 
@@ -182,12 +191,17 @@ def _parse_event(app: App, item: object, where: str = "") -> _Event:
 
 def _json_object(body: bytes) -> dict[str, Any]:
     """
-    Decode a request body that must be one JSON object.
+    Decode a request body that must be one JSON object: strict UTF-8 (not
+    the UTF-16/32 C{json.loads} would guess), then L{parse_json}'s rules.
     """
     try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        _bad("Request body must be valid JSON")
+        value = parse_json(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        _log.info("Refused an API request body that is not UTF-8")
+        _bad("Request body must be valid JSON: it is not UTF-8")
+    except MalformedJSONError as e:
+        _log.info("Refused an API request body: {reason}", reason=e.reason)
+        _bad(f"Request body must be valid JSON: {e.reason}")
     if not isinstance(value, dict):
         _bad("Request body must be a JSON object")
     return value
@@ -223,6 +237,23 @@ def _respond(request: IRequest, status: int, payload: Mapping[str, Any]) -> byte
     if not payload:
         return b"{}"  # every successful trigger's answer
     return _encoder.encode(payload).encode("utf-8")
+
+
+def _utf8_url(request: IRequest) -> bool:
+    """
+    Whether the parts of the URL Klein decodes (path segments, once
+    percent-decoded, and the host) are UTF-8.
+    """
+    prepath: list[bytes] = request.prepath or []
+    postpath: list[bytes] = request.postpath or []
+    host = get_header(request, b"host") or ""
+    try:
+        b"/".join(prepath + postpath).decode("utf-8")
+        # get_header decodes as Latin-1; Klein needs UTF-8.
+        host.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class _TriggerFastPath(Resource):
@@ -268,6 +299,10 @@ class _TriggerFastPath(Resource):
                 pass
             else:
                 return self._api.render_trigger(request, app_id)
+        if not _utf8_url(request):
+            # Klein would log a traceback and answer in plain text.
+            _log.info("Refused an API request whose URL is not UTF-8")
+            return _respond(request, 400, {"error": "Request URL must be UTF-8"})
         routed: Any = self._routed
         rendered: bytes | int = routed.render(request)
         return rendered
@@ -433,6 +468,8 @@ class PusherApi:
             app = await self._app_store.find_by_key(key)
             if app is None:
                 raise ApiError(401, "Unknown auth_key")
+        elif not valid_app_id(app_id):
+            raise ApiError(404, f"Unknown app: {app_id!r}")
         else:
             app = await self._app_store.find_by_id(app_id)
             if app is None:
@@ -470,13 +507,18 @@ class PusherApi:
         Broadcast every event to every channel, store cache-channel events,
         then collect the C{info} attributes each event asked for.
         """
+        # Every frame is built before the first is sent, so a batch is
+        # published whole or not at all.
+        frames = [
+            (channel, channel_event(event.name, channel, event.data), event.socket_id)
+            for event in events
+            for channel in event.channels
+        ]
         stores: list[Deferred[None]] = []
-        for event in events:
-            for channel in event.channels:
-                frame = channel_event(event.name, channel, event.data)
-                self._adapter.broadcast(app.id, channel, frame, event.socket_id)
-                if channel_type(channel).cache:
-                    stores.append(self._cache.store(app.id, channel, frame))
+        for channel, frame, socket_id in frames:
+            self._adapter.broadcast(app.id, channel, frame, socket_id)
+            if channel_type(channel).cache:
+                stores.append(self._cache.store(app.id, channel, frame))
         for store in stores:
             try:
                 await store
@@ -689,8 +731,8 @@ class PusherApi:
         user's sockets on every node.
         """
         user_id = unquote(raw_user_id)
-        if not _USER_ID.match(user_id):
-            _bad(f"Invalid user id: {user_id}")
+        if not valid_user_id(user_id):
+            _bad(f"Invalid user id: {user_id!r}")
         self._adapter.terminate_user_connections(app.id, user_id)
         return _respond(request, 200, {})
 

@@ -32,7 +32,7 @@ from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -47,11 +47,15 @@ from sockudo_tw.pusher.app import App
 from sockudo_tw.pusher.channels import ChannelKind, channel_type
 from sockudo_tw.pusher.errors import PusherError, PusherErrorCode
 from sockudo_tw.pusher.session import (
+    MAX_SUBSCRIPTIONS,
+    MESSAGE_BURST,
+    MESSAGES_PER_SECOND,
     PONG_TIMEOUT,
     ClientEvent,
     Close,
     Effect,
     Ping,
+    Refused,
     Send,
     Session,
     SignIn,
@@ -356,18 +360,26 @@ class PusherProtocol(WebSocketServerProtocol):
 
     def onPing(self, payload: bytes) -> None:
         """
-        A WebSocket ping is activity; Autobahn answers it.
+        A WebSocket ping is activity and counts against the message rate;
+        Autobahn answers it unless messages are being dropped.
         """
-        if self.session is not None:
-            self.session.touch(self.factory.reactor.seconds())
+        session = self.session
+        if session is not None:
+            dropped = session.receive_control(self.factory.reactor.seconds())
+            if dropped is not None:
+                self._apply(session, dropped)
+                return
         super().onPing(payload)
 
     def onPong(self, payload: bytes) -> None:
         """
-        A WebSocket pong is activity.
+        A WebSocket pong is activity and counts against the message rate.
         """
-        if self.session is not None:
-            self.session.touch(self.factory.reactor.seconds())
+        session = self.session
+        if session is not None:
+            dropped = session.receive_control(self.factory.reactor.seconds())
+            if dropped:
+                self._apply(session, dropped)
 
     def onClose(self, was_clean: bool, code: int | None, reason: str | None) -> None:
         """
@@ -506,6 +518,9 @@ class PusherProtocol(WebSocketServerProtocol):
             activity_timeout=factory.activity_timeout,
             pong_timeout=factory.pong_timeout,
             user_authentication_timeout=factory.user_authentication_timeout,
+            max_subscriptions=factory.max_subscriptions,
+            messages_per_second=factory.messages_per_second,
+            message_burst=factory.message_burst,
         )
         self.socket_id = socket_id
         self.session = session
@@ -559,15 +574,47 @@ class PusherProtocol(WebSocketServerProtocol):
         factory.observer.message_received(session.app.id, len(payload))
         now = factory.reactor.seconds()
         if is_binary:
-            effects = session.receive_binary(now)
+            effects = session.receive_binary(now, len(payload))
         else:
             try:
                 text = payload.decode("utf-8")
             except UnicodeDecodeError:
-                effects = session.receive_binary(now)
-            else:
-                effects = session.receive(text, now)
+                self._invalid_utf8(session)
+                return
+            effects = session.receive(text, now)
         self._apply(session, effects)
+
+    def _invalid_utf8(self, session: Session) -> None:
+        """
+        A text message that is not UTF-8: close with 1007 as RFC 6455
+        (section 8.1) requires, logged once at info level. (Autobahn's own
+        check is off: it logs each failure at warn level, twice, and the
+        strict decode here validates anyway.)
+        """
+        self._log.info(
+            "Closing {socket_id} of app {app_id} with 1007: a text message is not UTF-8",
+            socket_id=self.socket_id,
+            app_id=session.app.id,
+        )
+        session.closing = True
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(
+                code=self.CLOSE_STATUS_CODE_INVALID_PAYLOAD,
+                reasonUtf8=b"Invalid UTF-8 in a text message",
+                isReply=False,
+            )
+
+    def _stop_reading(self) -> None:
+        """
+        Read nothing more from a client closed for flooding: its messages
+        would only cost CPU until Autobahn's close handshake timeout drops
+        the connection.
+        """
+        transport: Any = self.transport
+        try:
+            transport.pauseProducing()
+        except Exception:
+            self._log.debug("Transport cannot stop reading")
 
     def _schedule(self, session: Session) -> None:
         self._timer = self.factory._deadlines.add(session.next_deadline(), self)
@@ -595,9 +642,20 @@ class PusherProtocol(WebSocketServerProtocol):
         elif isinstance(effect, Close):
             if self.state == self.STATE_OPEN:
                 self.sendClose(int(effect.code), effect.reason)
+                if effect.code == PusherErrorCode.MESSAGE_RATE_LIMIT:
+                    self._stop_reading()
         elif isinstance(effect, Ping):
             if self.state == self.STATE_OPEN:
                 self.sendPing()
+        elif isinstance(effect, Refused):
+            session = self.session
+            self._log.emit(
+                LogLevel.info if effect.notable else LogLevel.debug,
+                "Refused a message from {socket_id} of app {app_id}: {reason}",
+                socket_id=self.socket_id,
+                app_id=session.app.id if session is not None else None,
+                reason=effect.reason,
+            )
 
     def _apply(self, session: Session, effects: Iterable[Effect]) -> None:
         factory = self.factory
@@ -762,6 +820,10 @@ class PusherFactory(WebSocketServerFactory):
     @ivar protocols: the accepted, still-open connections.
     @ivar max_buffer_bytes: outbound bytes a paused client may pile up
         before it is closed with 4100.
+    @ivar max_subscriptions: channels per connection (0 unlimited).
+    @ivar messages_per_second: each connection's sustained inbound message
+        rate (0 unlimited).
+    @ivar message_burst: inbound messages a connection may send at once.
     """
 
     protocol = PusherProtocol  # type: ignore[assignment]
@@ -781,6 +843,9 @@ class PusherFactory(WebSocketServerFactory):
         max_buffer_bytes: int = 4 * 1024 * 1024,
         observer: IPusherEvents | None = None,
         server: str = "sockudo-tw",
+        max_subscriptions: int = MAX_SUBSCRIPTIONS,
+        messages_per_second: float = MESSAGES_PER_SECOND,
+        message_burst: int = MESSAGE_BURST,
     ) -> None:
         super().__init__(reactor=reactor)  # type: ignore[no-untyped-call]
         self.app_store = app_store
@@ -790,12 +855,17 @@ class PusherFactory(WebSocketServerFactory):
         self.pong_timeout = pong_timeout
         self.user_authentication_timeout = user_authentication_timeout
         self.max_buffer_bytes = max_buffer_bytes
+        self.max_subscriptions = max_subscriptions
+        self.messages_per_second = messages_per_second
+        self.message_burst = message_burst
         self.observer: IPusherEvents = observer if observer is not None else NoPusherEvents()
         self.server = server
         self.protocols: set[PusherProtocol] = set()
         limit = max_payload_kb * 1024
         self.setProtocolOptions(  # type: ignore[no-untyped-call]
             webStatus=False,
+            # Text messages are validated by the strict decode in _handle.
+            utf8validateIncoming=False,
             maxMessagePayloadSize=limit,
             maxFramePayloadSize=limit,
             autoPingInterval=0,

@@ -1216,7 +1216,9 @@ class TriggerFastPathTests(ApiTestMixin, SynchronousTestCase):
         """
         Triggers (accepted or refused) and paths close to the trigger route
         get the same status, headers and body with the fast path as from
-        Klein alone.
+        Klein alone. (A path that is not UTF-8 is the one deliberate
+        difference: a JSON 400 where Klein logs a traceback, see
+        C{tests.test_hostile_input.HttpUrlTests}.)
         """
         body = json.dumps({"name": "e", "channel": "c", "data": "d"}).encode()
         requests: list[tuple[str, str, bytes]] = [
@@ -1226,7 +1228,6 @@ class TriggerFastPathTests(ApiTestMixin, SynchronousTestCase):
             ("POST", "/apps/5/events", body),
             ("POST", "/apps/3/events/", body),
             ("POST", "/apps/a%2Fb/events", body),
-            ("POST", "/apps/%FF/events", body),
             ("GET", "/apps/3/events", b""),
         ]
         fast = StubTreq(self.api.resource())

@@ -10,11 +10,24 @@ Sockudo.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import attrs
 
-__all__ = ["App", "WebhookTarget"]
+__all__ = ["App", "WebhookTarget", "valid_app_id"]
+
+# ASCII letters, digits and _ - . : (Pusher's ids are numeric, Sockudo's
+# samples say "app-id"), matched against the whole string.
+_APP_ID = re.compile(r"[A-Za-z0-9_\-.:]{1,128}")
+
+
+def valid_app_id(app_id: str) -> bool:
+    """
+    Whether C{app_id} can be an app id: 1 to 128 of C{A-Z a-z 0-9 _ - . :}.
+    API requests naming anything else are answered 404 without a lookup.
+    """
+    return _APP_ID.fullmatch(app_id) is not None
 
 
 @attrs.frozen

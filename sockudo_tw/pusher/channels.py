@@ -15,19 +15,24 @@ import re
 import attrs
 
 __all__ = [
+    "MAX_USER_ID_LENGTH",
     "SERVER_TO_USER_PREFIX",
     "ChannelKind",
     "ChannelType",
     "channel_type",
     "server_to_user_id",
+    "valid_user_id",
     "validate_channel_name",
 ]
 
 SERVER_TO_USER_PREFIX = "#server-to-user-"
+MAX_USER_ID_LENGTH = 128
 
 # Pusher's documented charset plus ":" (Sockudo accepts it; Laravel apps use
-# it); "#" only in the reserved server-to-user prefix.
-_NAME = re.compile(r"^[A-Za-z0-9_\-=@,.;:]+$")
+# it); "#" only in the reserved server-to-user prefix. ASCII only and matched
+# against the whole string (fullmatch: "$" would let a trailing newline in).
+# User ids use the same set (pusher-protocol.md section 4.2).
+_NAME = re.compile(r"[A-Za-z0-9_\-=@,.;:]+")
 _CACHE_PREFIXES = ("cache-", "private-cache-", "presence-cache-", "private-encrypted-cache-")
 
 
@@ -105,9 +110,17 @@ def server_to_user_id(name: str) -> str | None:
     """
     if name.startswith(SERVER_TO_USER_PREFIX):
         user_id = name[len(SERVER_TO_USER_PREFIX) :]
-        if user_id and _NAME.match(user_id):
+        if valid_user_id(user_id):
             return user_id
     return None
+
+
+def valid_user_id(user_id: str) -> bool:
+    """
+    Whether C{user_id} is a user id by Pusher's rules: 1 to 128 characters
+    of the channel name set (pusher-protocol.md sections 4.2 and 4.3).
+    """
+    return 0 < len(user_id) <= MAX_USER_ID_LENGTH and _NAME.fullmatch(user_id) is not None
 
 
 def validate_channel_name(name: object, max_length: int) -> str | None:
@@ -124,6 +137,6 @@ def validate_channel_name(name: object, max_length: int) -> str | None:
         if server_to_user_id(name) is None:
             return f"Invalid channel name: {name}"
         return None
-    if not _NAME.match(name):
+    if _NAME.fullmatch(name) is None:
         return f"Invalid channel name: {name}"
     return None

@@ -4,6 +4,12 @@ Pusher error and close codes, and the exception that carries one.
 Ranges (pusher-protocol.md section 3.1): 4000-4099 fatal, 4100-4199 reconnect
 with back-off, 4200-4299 reconnect now, 4300-4399 errors sent as
 C{pusher:error} frames that never close the connection.
+
+Ours, not Pusher's (README.rst, "Limits"): 4101 closes a connection that
+keeps sending over its message rate (pusher-js backs off, then reconnects),
+4304 refuses a subscription over the per-connection cap, 4305 says messages
+are being dropped for the message rate. 4303 is left alone (Sockudo uses it
+for internal broadcast errors).
 """
 
 from __future__ import annotations
@@ -28,12 +34,15 @@ class PusherErrorCode(IntEnum):
     NO_PROTOCOL = 4008
     UNAUTHORIZED = 4009
     OVER_CAPACITY = 4100
+    MESSAGE_RATE_LIMIT = 4101
     RECONNECT_NOW = 4200
     PONG_NOT_RECEIVED = 4201
     CLOSED_AFTER_INACTIVITY = 4202
     GENERIC_ERROR = 4300
     CLIENT_EVENT_REJECTED = 4301
     WATCHLIST_LIMIT = 4302
+    SUBSCRIPTION_LIMIT = 4304
+    MESSAGES_DROPPED = 4305
 
     @property
     def closes(self) -> bool:

@@ -10,6 +10,8 @@ UTF-8 bytes, ready to be framed once for every subscriber.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,8 +20,10 @@ import attrs
 from sockudo_tw.pusher.errors import PusherError, PusherErrorCode
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "MISSING",
     "Inbound",
+    "MalformedJSONError",
     "cache_miss",
     "channel_event",
     "client_event",
@@ -30,6 +34,7 @@ __all__ = [
     "error_frame",
     "member_added",
     "member_removed",
+    "parse_json",
     "ping",
     "pong",
     "relay_data",
@@ -37,6 +42,7 @@ __all__ = [
     "subscription_count",
     "subscription_error",
     "subscription_succeeded",
+    "valid_event_name",
     "watchlist_events",
 ]
 
@@ -169,14 +175,18 @@ def ping() -> bytes:
     """
     A server C{pusher:ping}.
     """
-    return encode({"event": "pusher:ping", "data": _EMPTY})
+    return _PING
 
 
 def pong() -> bytes:
     """
-    The reply to a client's C{pusher:ping}.
+    The reply to a client's C{pusher:ping} (encoded once).
     """
-    return encode({"event": "pusher:pong", "data": _EMPTY})
+    return _PONG
+
+
+_PING = encode({"event": "pusher:ping", "data": _EMPTY})
+_PONG = encode({"event": "pusher:pong", "data": _EMPTY})
 
 
 def client_event(event: str, channel: str, data: str | None, user_id: str | None) -> bytes:
@@ -193,9 +203,130 @@ def client_event(event: str, channel: str, data: str | None, user_id: str | None
 
 
 # ---------------------------------------------------------------------------
+# Parsing JSON from clients and publishers.
+
+MAX_JSON_DEPTH = 64
+"""
+The deepest nesting of arrays and objects accepted in any JSON a client or
+publisher sends (the envelope counts as one level). Deeper text is refused
+before the decoder sees it, so it never reaches Python's recursion limit.
+"""
+
+
+class MalformedJSONError(ValueError):
+    """
+    Text that is not JSON we accept: a syntax error, C{NaN} or C{Infinity},
+    nesting deeper than L{MAX_JSON_DEPTH}, or a string holding a lone
+    surrogate (not Unicode, so it could never be encoded to UTF-8 again).
+
+    @ivar reason: what is wrong, for the client's error message.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _refuse_constant(name: str) -> Any:
+    raise MalformedJSONError(f"Invalid JSON: {name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise MalformedJSONError(f"Invalid JSON: {text[:40]} is out of range")
+    return value
+
+
+_strict_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+# Every byte but brackets and quotes, deleted by the nesting check; braces
+# become square brackets there (only the depth matters).
+_NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{}"')
+_BRACES_AS_SQUARE = bytes.maketrans(b"{}", b"[]")
+_BRACKET_RUN = re.compile(rb"\[+|\]+")
+_PEEL_PASSES = 8
+# A \uD800-\uDFFF escape (or text that looks like one after a backslash):
+# only then can a decoded string hold a surrogate.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _check_nesting(text: str, max_depth: int) -> None:
+    """
+    Refuse C{text} if its arrays and objects nest deeper than C{max_depth},
+    without recursion and mostly at C speed: escaped backslashes and quotes
+    are dropped, then everything but brackets and quotes, then the string
+    literals (every other piece between quotes); from the brackets left,
+    innermost pairs are peeled a few times (each pass lowers the depth by
+    one and makes wide, shallow JSON vanish), then the runs of what remains
+    are counted.
+    """
+    unescaped = text.replace("\\\\", "").replace('\\"', "")
+    structure = unescaped.encode("utf-8", "surrogatepass").translate(
+        _BRACES_AS_SQUARE, _NOT_STRUCTURE
+    )
+    brackets = b"".join(structure.split(b'"')[::2])
+    passes = min(_PEEL_PASSES, max_depth)
+    peeled = 0
+    while brackets and peeled < passes:
+        brackets = brackets.replace(b"[]", b"")
+        peeled += 1
+    depth = peeled
+    for run in _BRACKET_RUN.finditer(brackets):
+        size = run.end() - run.start()
+        if brackets[run.start()] == 0x5B:  # "["
+            depth += size
+            if depth > max_depth:
+                raise MalformedJSONError(f"Invalid JSON: nested deeper than {max_depth} levels")
+        else:
+            depth -= size
+
+
+def parse_json(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """
+    Decode JSON text received from outside.
+
+    Stricter than C{json.loads} in the three ways that otherwise surface as
+    tracebacks later: nesting is bounded (checked before decoding, and only
+    scanned for when the text holds more brackets than the limit); C{NaN},
+    C{Infinity} and numbers that overflow to it are refused (clients could
+    not parse them back); a lone surrogate escape such as C{"\\ud800"} is
+    refused (checked only when the text holds such an escape).
+
+    @param text: text decoded from strict UTF-8, so that escapes are the
+        only way a surrogate can get in.
+    @raise MalformedJSONError: with the reason, for any text refused.
+    """
+    if text.count("{") + text.count("[") > max_depth:
+        _check_nesting(text, max_depth)
+    try:
+        value = _strict_decoder.decode(text)
+    except MalformedJSONError:
+        raise
+    except (ValueError, RecursionError):
+        raise MalformedJSONError("Invalid JSON") from None
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None:
+        try:
+            _encoder.encode(value).encode("utf-8")
+        except UnicodeEncodeError:
+            raise MalformedJSONError("Invalid JSON: text is not valid Unicode") from None
+    return value
+
+
+# ---------------------------------------------------------------------------
 # Inbound frames.
 
-_decoder = json.JSONDecoder()
+
+# Pusher enforces no charset on event names (Laravel's are like
+# App\Events\OrderShipped), so only control characters are refused.
+_EVENT_NAME = re.compile(r"[^\x00-\x1f\x7f]+")
+
+
+def valid_event_name(name: str) -> bool:
+    """
+    Whether C{name} is a usable event name: not empty and free of ASCII
+    control characters (newlines included). Length limits are the app's.
+    """
+    return _EVENT_NAME.fullmatch(name) is not None
 
 
 @attrs.frozen
@@ -231,12 +362,12 @@ def decode(text: str) -> Inbound:
     Parse one text frame.
 
     @raise PusherError: (code 4300) when it is not a JSON object with a
-        string C{event}.
+        string C{event}, or is refused by L{parse_json}.
     """
     try:
-        frame = _decoder.decode(text)
-    except (ValueError, RecursionError):
-        raise PusherError(PusherErrorCode.GENERIC_ERROR, "Invalid JSON") from None
+        frame = parse_json(text)
+    except MalformedJSONError as e:
+        raise PusherError(PusherErrorCode.GENERIC_ERROR, e.reason) from None
     if not isinstance(frame, dict):
         raise PusherError(PusherErrorCode.GENERIC_ERROR, "Invalid message: expected a JSON object")
     event = frame.get("event")
@@ -255,8 +386,8 @@ def command_data(frame: Inbound) -> dict[str, Any]:
     data = frame.data
     if isinstance(data, str):
         try:
-            data = _decoder.decode(data)
-        except (ValueError, RecursionError):
+            data = parse_json(data)
+        except MalformedJSONError:
             data = None
     if not isinstance(data, dict):
         raise PusherError(

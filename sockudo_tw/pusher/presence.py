@@ -14,6 +14,9 @@ from typing import Any
 
 import attrs
 
+from sockudo_tw.pusher.channels import MAX_USER_ID_LENGTH, valid_user_id
+from sockudo_tw.pusher.events import MalformedJSONError, parse_json
+
 __all__ = [
     "MAX_USER_ID_LENGTH",
     "PresenceMember",
@@ -22,10 +25,8 @@ __all__ = [
     "parse_user_data",
 ]
 
-MAX_USER_ID_LENGTH = 128
 MAX_WATCHLIST = 100
 
-_decoder = json.JSONDecoder()
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
@@ -74,13 +75,14 @@ class SignedInUser:
 
 def _user_id(value: object) -> str | None:
     """
-    A user id as a string, from a non-empty string or an integer.
+    A user id as a string, from a string or an integer, if it follows
+    Pusher's rules (L{valid_user_id}).
     """
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         value = str(value)
-    if isinstance(value, str) and value and len(value) <= MAX_USER_ID_LENGTH:
+    if isinstance(value, str) and valid_user_id(value):
         return value
     return None
 
@@ -89,8 +91,8 @@ def _load(text: object) -> dict[str, Any] | None:
     if not isinstance(text, str):
         return None
     try:
-        value = _decoder.decode(text)
-    except (ValueError, RecursionError):
+        value = parse_json(text)
+    except MalformedJSONError:
         return None
     return value if isinstance(value, dict) else None
 
@@ -105,7 +107,10 @@ def parse_channel_data(channel_data: object) -> PresenceMember | str:
         return "Invalid channel_data: expected a JSON object string"
     user_id = _user_id(data.get("user_id"))
     if user_id is None:
-        return "Invalid channel_data: user_id must be a non-empty string or an integer"
+        return (
+            "Invalid channel_data: user_id must be a string or an integer of 1 to "
+            f"{MAX_USER_ID_LENGTH} characters from A-Z a-z 0-9 _ - = @ , . ; :"
+        )
     info = data.get("user_info", {})
     return PresenceMember(user_id, info if info is not None else {})
 
@@ -120,7 +125,10 @@ def parse_user_data(user_data: object) -> SignedInUser | str:
         return "Invalid user_data: expected a JSON object string"
     user_id = _user_id(data.get("id"))
     if user_id is None or not isinstance(data.get("id"), str):
-        return "Invalid user_data: id must be a non-empty string"
+        return (
+            f"Invalid user_data: id must be a string of 1 to {MAX_USER_ID_LENGTH} "
+            "characters from A-Z a-z 0-9 _ - = @ , . ; :"
+        )
     raw_watchlist = data.get("watchlist", [])
     if not isinstance(raw_watchlist, list):
         return "Invalid user_data: watchlist must be an array of user ids"

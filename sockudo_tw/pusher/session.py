@@ -41,11 +41,16 @@ from sockudo_tw.pusher.signing import (
 )
 
 __all__ = [
+    "MAX_SUBSCRIPTIONS",
+    "MESSAGES_PER_SECOND",
+    "MESSAGE_BURST",
+    "MESSAGE_TOKEN_BYTES",
     "PONG_TIMEOUT",
     "ClientEvent",
     "Close",
     "Effect",
     "Ping",
+    "Refused",
     "Send",
     "Session",
     "SignIn",
@@ -60,8 +65,13 @@ __all__ = [
 
 PONG_TIMEOUT = 30.0
 SUPPORTED_PROTOCOLS = range(4, 8)
+_PROTOCOL_VERSIONS = frozenset(str(version) for version in SUPPORTED_PROTOCOLS)
+MAX_SUBSCRIPTIONS = 1000
+MESSAGES_PER_SECOND = 100.0
+MESSAGE_BURST = 1100
+MESSAGE_TOKEN_BYTES = 4096
 
-_APP_PATH = re.compile(r"^/app/([^/]+)/?$")
+_APP_PATH = re.compile(r"/app/([^/\x00-\x20\x7f]+)/?")
 
 
 @attrs.frozen
@@ -88,6 +98,18 @@ class Ping:
     """
     Send a WebSocket ping control frame (alongside C{pusher:ping}).
     """
+
+
+@attrs.frozen
+class Refused:
+    """
+    A client message was refused (malformed, or over the message rate): the
+    glue logs C{reason} once, at debug level, or at info when C{notable}.
+    The client has already been told by a L{Send} in the same effects.
+    """
+
+    reason: str
+    notable: bool = False
 
 
 @attrs.frozen
@@ -137,7 +159,7 @@ class SignIn:
     user: SignedInUser
 
 
-Effect = Send | Close | Ping | Subscribe | Unsubscribe | ClientEvent | SignIn
+Effect = Send | Close | Ping | Subscribe | Unsubscribe | ClientEvent | SignIn | Refused
 
 
 def new_socket_id(randbelow: Callable[[int], int] = secrets.randbelow) -> str:
@@ -154,7 +176,7 @@ def parse_app_key(path: str) -> str | None:
     C{wsPath}) is refused so the client hears 4005 at once; a proxy in front
     strips it (etc/nginx/sockudo.conf).
     """
-    match = _APP_PATH.match(path)
+    match = _APP_PATH.fullmatch(path)
     return match.group(1) if match else None
 
 
@@ -167,7 +189,7 @@ def check_protocol(params: Mapping[str, Sequence[str]]) -> PusherError | None:
     if not values or not values[0]:
         return PusherError(PusherErrorCode.NO_PROTOCOL, "No protocol version supplied")
     value = values[0]
-    if not value.isdigit() or int(value) not in SUPPORTED_PROTOCOLS:
+    if value not in _PROTOCOL_VERSIONS:
         return PusherError(
             PusherErrorCode.UNSUPPORTED_PROTOCOL, f"Unsupported protocol version: {value[:20]}"
         )
@@ -256,6 +278,15 @@ class Session:
     @ivar socket_id: the connection's id.
     @ivar user: the signed-in user, if any.
     @ivar closing: set once a close was asked for; input is then ignored.
+    @ivar max_subscriptions: channels one connection may be subscribed to
+        (pending ones count); 0 is unlimited.
+    @ivar messages_per_second: the rate at which the token bucket for every
+        inbound message (text, binary, WebSocket ping and pong) refills; 0
+        turns the message rate limit off. Raised to the app's
+        C{max_client_events_per_second} when that is higher.
+    @ivar message_burst: the bucket's size: messages accepted at once after
+        a quiet spell. pusher-js re-subscribes every channel at once on
+        reconnect, so it must exceed C{max_subscriptions}.
     """
 
     def __init__(
@@ -267,6 +298,9 @@ class Session:
         activity_timeout: int = 120,
         pong_timeout: float = PONG_TIMEOUT,
         user_authentication_timeout: float = 3600.0,
+        max_subscriptions: int = MAX_SUBSCRIPTIONS,
+        messages_per_second: float = MESSAGES_PER_SECOND,
+        message_burst: int = MESSAGE_BURST,
     ) -> None:
         self.app = app
         self.socket_id = socket_id
@@ -282,6 +316,16 @@ class Session:
         self._subscriptions: dict[str, _Subscription] = {}
         self._window_start = now
         self._window_count = 0
+        self.max_subscriptions = max_subscriptions
+        # Client events take tokens too: never below what the app allows.
+        if messages_per_second:
+            messages_per_second = max(messages_per_second, app.max_client_events_per_second)
+        self.messages_per_second = messages_per_second
+        self.message_burst = message_burst
+        # The message token bucket, refilled lazily on arrival.
+        self._tokens = float(message_burst)
+        self._tokens_at = now
+        self._dropped = 0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -372,14 +416,75 @@ class Session:
 
     # -- input -------------------------------------------------------------
 
-    def receive_binary(self, now: float) -> list[Effect]:
+    def _over_rate(self, now: float, size: int = 0) -> list[Effect] | None:
         """
-        A binary frame: not part of the protocol, answered with an error.
+        Take the tokens for a message of C{size} bytes (or characters)
+        arriving at C{now}: one, plus one per full L{MESSAGE_TOKEN_BYTES}, so
+        that large messages, which cost more to parse, count for more.
+
+        @return: L{None} to handle the message; else the effects of dropping
+            it: a C{pusher:error} 4305 for the first dropped message, a
+            close 4101 once more than C{message_burst} were dropped before
+            the bucket filled up again (sustained flooding), else nothing.
+        """
+        rate = self.messages_per_second
+        if rate <= 0:
+            return None
+        burst = self.message_burst
+        tokens = self._tokens
+        elapsed = now - self._tokens_at
+        self._tokens_at = now
+        if elapsed > 0:
+            tokens += elapsed * rate
+            if tokens >= burst:
+                tokens = burst
+                self._dropped = 0
+        cost = min(1 + size // MESSAGE_TOKEN_BYTES, burst)
+        if tokens >= cost:
+            self._tokens = tokens - cost
+            return None
+        self._tokens = tokens
+        self._dropped += 1
+        if self._dropped == 1:
+            message = (
+                f"Message rate limit exceeded: over {rate:g} messages per second, "
+                "messages are being dropped"
+            )
+            return [_error(PusherErrorCode.MESSAGES_DROPPED, message), Refused(message)]
+        if self._dropped > burst:
+            message = "Message rate limit exceeded"
+            return [
+                *self._close(PusherErrorCode.MESSAGE_RATE_LIMIT, message),
+                Refused(message, True),
+            ]
+        return []
+
+    def receive_control(self, now: float) -> list[Effect] | None:
+        """
+        A WebSocket ping or pong control frame arrived: activity, and a
+        message for the rate limit.
+
+        @return: L{None} to answer it as usual; else the effects of dropping
+            it (see L{_over_rate}), and no answer.
         """
         if self.closing:
             return []
         self.touch(now)
-        return [_error(PusherErrorCode.GENERIC_ERROR, "Binary frames are not supported")]
+        return self._over_rate(now)
+
+    def receive_binary(self, now: float, size: int = 0) -> list[Effect]:
+        """
+        A binary frame (of C{size} bytes): not part of the protocol,
+        answered with an error.
+        """
+        if self.closing:
+            return []
+        self.touch(now)
+        dropped = self._over_rate(now, size)
+        if dropped is not None:
+            return dropped
+        message = "Binary frames are not supported"
+        return [_error(PusherErrorCode.GENERIC_ERROR, message), Refused(message)]
 
     def receive(self, text: str, now: float) -> list[Effect]:
         """
@@ -388,13 +493,16 @@ class Session:
         if self.closing:
             return []
         self.touch(now)
+        dropped = self._over_rate(now, len(text))
+        if dropped is not None:
+            return dropped
         try:
             frame = events.decode(text)
             return self._dispatch(frame, now)
         except PusherError as e:
             if e.closes:
                 return self._close(e.code or PusherErrorCode.GENERIC_ERROR, e.message)
-            return [_error(e.code, e.message)]
+            return [_error(e.code, e.message), Refused(e.message)]
 
     def _dispatch(self, frame: events.Inbound, now: float) -> list[Effect]:
         name = frame.event
@@ -421,6 +529,14 @@ class Session:
             raise PusherError(PusherErrorCode.GENERIC_ERROR, problem or "Invalid channel")
         if channel in self._subscriptions:
             return [_error(None, f"Existing subscription to channel {channel}")]
+        if self.max_subscriptions and len(self._subscriptions) >= self.max_subscriptions:
+            return [
+                _error(
+                    PusherErrorCode.SUBSCRIPTION_LIMIT,
+                    f"Cannot subscribe to {channel}: this connection is at its limit of "
+                    f"{self.max_subscriptions} channels",
+                )
+            ]
         ctype = channel_type(channel)
         auth = data.get("auth")
         channel_data = data.get("channel_data")
@@ -529,6 +645,10 @@ class Session:
                         "Client event rejected due to rate limit",
                     )
                 ]
+        if not events.valid_event_name(frame.event):
+            raise PusherError(
+                PusherErrorCode.GENERIC_ERROR, "Invalid event name: control characters"
+            )
         if not app.enable_client_messages:
             return [
                 _error(
