@@ -4,12 +4,26 @@ Configuration: Sockudo's C{config.json} structure plus its environment
 variables, parsed once into frozen typed objects.
 
 Load order (sockudo-reference.md section 4.1): embedded defaults, then the
-file given with C{--config} (missing keys keep their defaults), then the
-environment (section 4.3). Every problem raises L{ConfigError} naming the
-key path or the environment variable and what was expected, so the daemon
-fails before any port is bound. Keys we do not implement are collected in
-L{ServerConfig.warnings} and logged, never fatal, so a user's Sockudo file
-loads unchanged.
+file given with C{--config} (JSON, or Sockudo's TOML form when the name ends
+in C{.toml}; missing keys keep their defaults), then the environment
+(section 4.3). Every problem raises L{ConfigError} naming the key path or
+the environment variable and what was expected, so the daemon fails before
+any port is bound.
+
+Nothing is ignored silently. Each key is honoured; or, when ignoring it is
+harmless, it is named in L{ServerConfig.warnings} (logged at start); or,
+when ignoring it would change behaviour or drop a safety property (a driver
+sockudo-tw does not implement, C{cluster_mode: true}, a C{path_prefix}),
+it is refused with a L{ConfigError} saying why. The settings of a driver
+that is not selected are read only by that driver, so they are accepted
+silently; environment variables for such a driver are warned about, since
+setting one shows an intent. L{known_keys} lists every key the parser
+reads; README.rst documents each one (a test compares the two).
+
+Global limits: C{channel_limits.max_name_length}, C{event_limits.*} and
+C{presence.*} are the defaults of the matching C{max_*} field of every app
+(the default app included) that leaves the field null or absent; a key
+absent from the global section leaves L{App}'s default (Pusher's limit).
 
 Deliberate differences from Sockudo:
   - a malformed number or boolean in the environment is an error naming the
@@ -31,12 +45,16 @@ mode itself (so C{493} means C{0o755}).
 from __future__ import annotations
 
 import json
+import re
+import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import attrs
 
-from sockudo_tw.pusher.app import App, WebhookTarget
+from sockudo_tw.pusher.app import App, WebhookTarget, valid_app_id
+from sockudo_tw.redisurl import parse_redis_url
 
 __all__ = [
     "AdapterConfig",
@@ -46,6 +64,7 @@ __all__ = [
     "ConfigError",
     "CorsConfig",
     "DatabaseRedisConfig",
+    "HttpLimits",
     "LoggingConfig",
     "MetricsConfig",
     "NatsConfig",
@@ -55,8 +74,11 @@ __all__ = [
     "ServerConfig",
     "SslConfig",
     "UnixSocketConfig",
+    "WebSocketLimitsConfig",
     "WebhooksConfig",
     "check_workers",
+    "known_env_vars",
+    "known_keys",
     "load_config",
     "parse_config",
     "parse_permission_mode",
@@ -103,6 +125,32 @@ _DEFAULT_APP_NUMBERS = (
     "max_event_batch_size",
 )
 _DEFAULT_APP_FLAGS = ("enable_user_authentication", "enable_watchlist_events")
+
+# The global limit sections: (section, key, the App field they default).
+_GLOBAL_APP_LIMITS = (
+    ("channel_limits", "max_name_length", "max_channel_name_length"),
+    ("event_limits", "max_channels_at_once", "max_event_channels_at_once"),
+    ("event_limits", "max_name_length", "max_event_name_length"),
+    ("event_limits", "max_payload_in_kb", "max_event_payload_in_kb"),
+    ("event_limits", "max_batch_size", "max_event_batch_size"),
+    ("presence", "max_members_per_channel", "max_presence_members_per_channel"),
+    ("presence", "max_member_size_in_kb", "max_presence_member_size_in_kb"),
+)
+
+# Drivers Sockudo has that sockudo-tw does not implement yet, and why
+# running without them would be wrong (so they are refused, never replaced).
+_UNIMPLEMENTED_APP_MANAGER = (
+    "apps would not be loaded and every client and request would be refused;"
+    ' use "memory" with app_manager.array.apps (or SOCKUDO_DEFAULT_APP_*)'
+)
+_UNIMPLEMENTED_CACHE = (
+    'cache channels would only remember events published through this node; use "memory"'
+)
+_UNIMPLEMENTED_RATE_LIMITER = (
+    "each node would count only its own requests, multiplying the limit;"
+    ' use "memory" (per-node limits) or set rate_limiter.enabled to false'
+)
+_CLUSTER_MODE = "Redis Cluster is not supported; use a single Redis server or primary"
 
 
 @attrs.frozen
@@ -254,6 +302,39 @@ class SslConfig:
 
 
 @attrs.frozen
+class HttpLimits:
+    """
+    C{http_api}: the bounds of the HTTP edge, on both the trigger fast path
+    and twisted.web (a request over one is refused, a stalled one closed).
+
+    @ivar request_limit_in_mb: the largest request body (Sockudo's key);
+        a larger C{Content-Length}, or a chunked body passing it, gets 413.
+    @ivar max_header_bytes: the request line and headers together; more
+        gets 431.
+    @ivar max_headers: header fields per request; more gets 431.
+    @ivar header_timeout_seconds: from connect (or a request's first byte)
+        until its head is complete; then 408 and close.
+    @ivar body_timeout_seconds: from the end of the head until the body is
+        complete; then 408 and close.
+    @ivar idle_timeout_seconds: a keep-alive connection between requests.
+    """
+
+    request_limit_in_mb: int = 10
+    max_header_bytes: int = 16384
+    max_headers: int = 100
+    header_timeout_seconds: int = 10
+    body_timeout_seconds: int = 30
+    idle_timeout_seconds: int = 60
+
+    @property
+    def body_limit(self) -> int:
+        """
+        C{request_limit_in_mb} in bytes.
+        """
+        return self.request_limit_in_mb * 1024 * 1024
+
+
+@attrs.frozen
 class CorsConfig:
     """
     C{cors}: CORS headers of the HTTP API.
@@ -309,15 +390,17 @@ class DatabaseRedisConfig:
     @property
     def url(self) -> str:
         """
-        A C{redis://} URL for this server, with credentials and db (unlike
-        Sockudo, which drops them).
+        A C{redis://} URL for this server, with credentials (percent-encoded)
+        and db (unlike Sockudo, which drops them).
         """
+        user = quote(self.username or "", safe="")
         auth = ""
         if self.password is not None:
-            auth = f"{self.username or ''}:{self.password}@"
+            auth = f"{user}:{quote(self.password, safe='')}@"
         elif self.username is not None:
-            auth = f"{self.username}@"
-        return f"redis://{auth}{self.host}:{self.port}/{self.db}"
+            auth = f"{user}@"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"redis://{auth}{host}:{self.port}/{self.db}"
 
 
 @attrs.frozen
@@ -332,12 +415,36 @@ class LoggingConfig:
 
 
 @attrs.frozen
+class WebSocketLimitsConfig:
+    """
+    C{websocket_limits} (ours, not Sockudo's): bounds on each WebSocket
+    connection (README.rst, "Limits"); 0 turns one off.
+
+    @ivar max_subscriptions: channels one connection may subscribe to.
+    @ivar messages_per_second: sustained rate of inbound messages (every
+        kind, pings included) per connection.
+    @ivar message_burst: inbound messages accepted at once after a quiet
+        spell; above C{max_subscriptions}, since pusher-js re-subscribes
+        every channel at once when it reconnects.
+    """
+
+    max_subscriptions: int = 1000
+    messages_per_second: int = 100
+    message_burst: int = 1100
+
+
+@attrs.frozen
 class ServerConfig:
     """
     The whole parsed configuration.
 
     @ivar warnings: human-readable notes about keys we ignored, to be logged
         at startup.
+    @ivar channel_cache_ttl: seconds a cache channel's last event is kept
+        (C{channel_limits.cache_ttl}; Pusher's 30 minutes by default).
+    @ivar app_limit_defaults: the C{max_*} app fields the global
+        C{channel_limits}/C{event_limits}/C{presence} sections set, as
+        (field, value) pairs; apps that leave a field unset took these.
     """
 
     debug: bool = False
@@ -350,6 +457,7 @@ class ServerConfig:
     websocket_max_payload_kb: int = 64
     instance_process_id: str | None = None
     http_api_request_limit_in_mb: int = 10
+    http_limits: HttpLimits = HttpLimits()
     adapter: AdapterConfig = AdapterConfig()
     app_manager: AppManagerConfig = AppManagerConfig()
     cache: CacheConfig = CacheConfig()
@@ -362,7 +470,10 @@ class ServerConfig:
     webhooks: WebhooksConfig = WebhooksConfig()
     database_redis: DatabaseRedisConfig = DatabaseRedisConfig()
     logging: LoggingConfig = LoggingConfig()
+    websocket_limits: WebSocketLimitsConfig = WebSocketLimitsConfig()
     workers: int = 1
+    channel_cache_ttl: int = 1800
+    app_limit_defaults: tuple[tuple[str, int], ...] = ()
     warnings: tuple[str, ...] = ()
 
 
@@ -388,14 +499,16 @@ def _as_int(value: object, path: str, minimum: int, maximum: int | None) -> int:
         result = value
     elif isinstance(value, float) and value.is_integer():
         result = int(value)
-    elif isinstance(value, str) and value.strip().lstrip("+").isdigit():
-        result = int(value.strip())
-    elif isinstance(value, str) and value.strip().startswith("-") and value.strip()[1:].isdigit():
+    elif isinstance(value, str) and _ASCII_INTEGER.fullmatch(value.strip()):
         result = int(value.strip())
     if result is None or result < minimum or (maximum is not None and result > maximum):
         raise ConfigError(f"{path}: expected {what} or numeric string, got {_describe(value)}")
     return result
 
+
+# ASCII digits only: str.isdigit() also accepts "²" (which int() refuses)
+# and int() accepts other scripts' digits.
+_ASCII_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
@@ -441,35 +554,69 @@ class _Section:
     that everything else can be reported as ignored.
     """
 
-    def __init__(self, data: Mapping[str, Any], path: str, warnings: list[str]) -> None:
+    def __init__(
+        self,
+        data: Mapping[str, Any],
+        path: str,
+        warnings: list[str],
+        seen: set[str] | None = None,
+    ) -> None:
         self._data = data
         self._path = path
         self._warnings = warnings
         self._read: set[str] = set()
+        self._seen = seen
 
     def _key(self, key: str) -> str:
         return f"{self._path}.{key}" if self._path else key
 
     def _get(self, key: str) -> Any:
         self._read.add(key)
+        if self._seen is not None:
+            self._seen.add(self._key(key))
         return self._data.get(key)
 
     def section(self, key: str) -> _Section:
         """
         A nested object; absent or null reads as empty.
         """
-        value = self._get(key)
+        self._read.add(key)
+        value = self._data.get(key)
         if value is None:
             value = {}
         if not isinstance(value, Mapping):
             raise ConfigError(f"{self._key(key)}: expected an object, got {_describe(value)}")
-        return _Section(value, self._key(key), self._warnings)
+        return _Section(value, self._key(key), self._warnings, self._seen)
 
     def ignore(self, *keys: str) -> None:
         """
-        Mark keys as known and deliberately unused (no warning).
+        Mark keys (or whole sections) as known and deliberately unused (no
+        warning): the settings of drivers that are not selected.
         """
-        self._read.update(keys)
+        for key in keys:
+            self._get(key)
+
+    def present(self, key: str) -> bool:
+        """
+        Whether the file (or the environment) sets C{key} to a non-null value.
+        """
+        return self._data.get(key) is not None
+
+    def warn(self, key: str, note: str) -> None:
+        """
+        Record that C{key} is set and ignored, and why that is harmless.
+        """
+        self._get(key)
+        self._warnings.append(f"{self._key(key)}: {note}")
+
+    def warn_if_present(self, key: str, note: str) -> None:
+        """
+        L{warn} when the key is set; otherwise only mark it known.
+        """
+        if self.present(key):
+            self.warn(key, note)
+        else:
+            self._get(key)
 
     def integer(self, key: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
         """
@@ -611,10 +758,13 @@ def _parse_webhook(value: object, path: str, warnings: list[str]) -> WebhookTarg
     return target
 
 
-def _parse_app(value: object, path: str, warnings: list[str]) -> App:
+def _parse_app(
+    value: object, path: str, warnings: list[str], limits: Mapping[str, int] | None = None
+) -> App:
     """
     One app object (sockudo-reference.md 4.4). Numbers may be numeric
-    strings; a null or absent limit takes L{App}'s default.
+    strings; a null or absent limit takes the global section's value from
+    C{limits} (field name to value), else L{App}'s default.
     """
     if not isinstance(value, Mapping):
         raise ConfigError(f"{path}: expected an app object, got {_describe(value)}")
@@ -627,12 +777,19 @@ def _parse_app(value: object, path: str, warnings: list[str]) -> App:
         if not isinstance(raw, str) or not raw:
             raise ConfigError(f"{path}.{name}: expected a non-empty string, got {_describe(raw)}")
         fields[name] = raw
+    if not valid_app_id(fields["id"]):
+        raise ConfigError(
+            f"{path}.id: expected 1 to 128 of A-Z a-z 0-9 _ - . : (the API's app id"
+            f" rule), got {fields['id']!r}"
+        )
     defaults = App("", "", "")
     for attribute in attrs.fields(App):
         name = attribute.name
         if name in fields or name in ("webhooks", "allowed_origins"):
             continue
         default = getattr(defaults, name)
+        if limits is not None and name in limits:
+            default = limits[name]
         if isinstance(default, bool):
             fields[name] = s.boolean(name, default)
         elif isinstance(default, int):
@@ -650,19 +807,53 @@ def _parse_app(value: object, path: str, warnings: list[str]) -> App:
     return App(**fields)
 
 
-def _parse_file_tree(data: Mapping[str, Any], warnings: list[str]) -> ServerConfig:
+def _check_redis_url(url: str | None, key: str) -> None:
+    """
+    Fail now, naming C{key}, if C{url} is not a Redis URL
+    L{sockudo_tw.redisurl.parse_redis_url} accepts.
+    """
+    if url is None:
+        return
+    try:
+        parse_redis_url(url)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def _refuse_cluster_mode(section: _Section) -> None:
+    """
+    C{cluster_mode: true} is refused wherever it appears.
+    """
+    if section.boolean("cluster_mode", False):
+        raise ConfigError(f"{section._key('cluster_mode')}: true is refused: {_CLUSTER_MODE}")
+
+
+def _parse_file_tree(
+    data: Mapping[str, Any], warnings: list[str], read_keys: set[str] | None = None
+) -> ServerConfig:
     """
     Build L{ServerConfig} from a (merged) Sockudo-shaped JSON object.
+
+    @param read_keys: if given, every key path the parser asks for is added.
     """
-    top = _Section(data, "", warnings)
+    from sockudo_tw.adapters import validate_adapter_driver
+    from sockudo_tw.queue import validate_queue_driver
+
+    top = _Section(data, "", warnings, read_keys)
     port_range = {"minimum": 1, "maximum": 65535}
 
     adapter = top.section("adapter")
     redis = adapter.section("redis")
     pub = redis.section("redis_pub_options")
     redis_url = pub.optional_string("url")
+    _check_redis_url(redis_url, "adapter.redis.redis_pub_options.url")
     pub.finish()
-    redis.ignore("redis_sub_options", "cluster_mode")
+    if redis.raw("redis_sub_options"):
+        redis.warn(
+            "redis_sub_options",
+            "ignored (as in Sockudo); the adapter uses redis_pub_options.url for both",
+        )
+    _refuse_cluster_mode(redis)
     cluster = adapter.section("cluster")
     nats = adapter.section("nats")
     health = adapter.section("cluster_health")
@@ -693,8 +884,20 @@ def _parse_file_tree(data: Mapping[str, Any], warnings: list[str]) -> ServerConf
         ),
     )
     cluster.ignore("use_connection_manager")
+    adapter.warn_if_present(
+        "buffer_multiplier_per_cpu", "ignored; fan-out runs in the reactor thread"
+    )
     for s in (redis, cluster, nats, health, adapter):
         s.finish()
+    try:
+        validate_adapter_driver(adapter_config.driver)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if adapter_config.driver == "redis" and not adapter_config.cluster_health.enabled:
+        raise ConfigError(
+            'adapter.cluster_health.enabled: false is refused with adapter.driver "redis":'
+            " heartbeats are how a dead node's connections and presence members are removed"
+        )
     ch = adapter_config.cluster_health
     if ch.heartbeat_interval_ms * 3 > ch.node_timeout_ms:
         raise ConfigError(
@@ -707,6 +910,18 @@ def _parse_file_tree(data: Mapping[str, Any], warnings: list[str]) -> ServerConf
             f" ({ch.node_timeout_ms}), got {ch.cleanup_interval_ms}"
         )
 
+    limit_sections = {
+        name: top.section(name) for name in ("channel_limits", "event_limits", "presence")
+    }
+    limit_defaults: dict[str, int] = {}
+    for section_name, key, field in _GLOBAL_APP_LIMITS:
+        limit = limit_sections[section_name].optional_integer(key)
+        if limit is not None:
+            limit_defaults[field] = limit
+    channel_cache_ttl = limit_sections["channel_limits"].integer("cache_ttl", 1800, minimum=1)
+    for s in limit_sections.values():
+        s.finish()
+
     manager = top.section("app_manager")
     array = manager.section("array")
     apps_raw = array.raw("apps")
@@ -715,7 +930,8 @@ def _parse_file_tree(data: Mapping[str, Any], warnings: list[str]) -> ServerConf
     if not isinstance(apps_raw, list):
         raise ConfigError(f"app_manager.array.apps: expected a list, got {_describe(apps_raw)}")
     apps = tuple(
-        _parse_app(a, f"app_manager.array.apps[{i}]", warnings) for i, a in enumerate(apps_raw)
+        _parse_app(a, f"app_manager.array.apps[{i}]", warnings, limit_defaults)
+        for i, a in enumerate(apps_raw)
     )
     seen: set[str] = set()
     for i, app in enumerate(apps):
@@ -729,6 +945,16 @@ def _parse_file_tree(data: Mapping[str, Any], warnings: list[str]) -> ServerConf
         cache_enabled=manager_cache.boolean("enabled", True),
         cache_ttl=manager_cache.integer("ttl", 300),
     )
+    if manager_config.driver != "memory":
+        raise ConfigError(
+            f"app_manager.driver: {manager_config.driver!r} is refused: sockudo-tw does not"
+            f" implement it yet, and without it {_UNIMPLEMENTED_APP_MANAGER}"
+        )
+    if manager_config.cache_enabled:
+        for key in ("enabled", "ttl"):
+            manager_cache.warn_if_present(
+                key, "ignored; the memory app manager serves apps from memory, nothing to cache"
+            )
     for s in (array, manager_cache, manager):
         s.finish()
 
@@ -743,7 +969,24 @@ def _parse_file_tree(data: Mapping[str, Any], warnings: list[str]) -> ServerConf
         memory_cleanup_interval=cache_memory.integer("cleanup_interval", 60),
         memory_max_capacity=cache_memory.integer("max_capacity", 10000),
     )
-    cache_redis.ignore("cluster_mode")
+    _refuse_cluster_mode(cache_redis)
+    _check_redis_url(cache_config.redis_url_override, "cache.redis.url_override")
+    if cache_config.driver in ("redis", "redis-cluster"):
+        raise ConfigError(
+            f"cache.driver: {cache_config.driver!r} is refused: sockudo-tw does not implement"
+            f" it yet, and without it {_UNIMPLEMENTED_CACHE}"
+        )
+    if cache_config.driver == "none":
+        cache.warn("driver", '"none" keeps the memory cache, as Sockudo does')
+    cache_memory.warn_if_present(
+        "ttl", "ignored; cache-channel entries live channel_limits.cache_ttl seconds"
+    )
+    cache_memory.warn_if_present(
+        "cleanup_interval", "ignored; expired entries are dropped when read or on the next write"
+    )
+    cache_memory.warn_if_present(
+        "max_capacity", "ignored; the cache holds one entry per cache channel in use"
+    )
     for s in (cache_redis, cache_memory, cache):
         s.finish()
 
@@ -759,10 +1002,16 @@ def _parse_file_tree(data: Mapping[str, Any], warnings: list[str]) -> ServerConf
         redis_cluster_concurrency=queue_cluster.integer("concurrency", 5, minimum=1),
         redis_cluster_prefix=queue_cluster.string("prefix", "sockudo_queue:"),
     )
-    queue_redis.ignore("cluster_mode")
+    _refuse_cluster_mode(queue_redis)
+    _check_redis_url(queue_config.redis_url_override, "queue.redis.url_override")
     queue_cluster.ignore("request_timeout_ms")
+    queue.ignore("sqs")
     for s in (queue_redis, queue_cluster, queue):
         s.finish()
+    try:
+        validate_queue_driver(queue_config.driver)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
     limiter = top.section("rate_limiter")
 
@@ -789,7 +1038,15 @@ def _parse_file_tree(data: Mapping[str, Any], warnings: list[str]) -> ServerConf
         redis_prefix=limiter_redis.string("prefix", "sockudo_rl:"),
         redis_url_override=limiter_redis.optional_string("url_override"),
     )
-    limiter_redis.ignore("cluster_mode")
+    _refuse_cluster_mode(limiter_redis)
+    _check_redis_url(limiter_config.redis_url_override, "rate_limiter.redis.url_override")
+    if limiter_config.enabled and limiter_config.driver in ("redis", "redis-cluster"):
+        raise ConfigError(
+            f"rate_limiter.driver: {limiter_config.driver!r} is refused: sockudo-tw does not"
+            f" implement it yet, and without it {_UNIMPLEMENTED_RATE_LIMITER}"
+        )
+    if limiter_config.enabled and limiter_config.driver == "none":
+        limiter.warn("driver", '"none" keeps the memory limiter, as Sockudo does')
     for s in (limiter_redis, limiter):
         s.finish()
 
@@ -813,9 +1070,11 @@ def _parse_file_tree(data: Mapping[str, Any], warnings: list[str]) -> ServerConf
         redirect_http=ssl.boolean("redirect_http", False),
         http_port=ssl.integer("http_port", 80, **port_range),
     )
-    for unused in ("passphrase", "ca_path"):
-        if ssl.raw(unused) is None:
-            ssl.ignore(unused)
+    ssl.warn_if_present("passphrase", "ignored (as in Sockudo); the key file must be unencrypted")
+    ssl.warn_if_present(
+        "ca_path",
+        "ignored (as in Sockudo); append the intermediate certificates to cert_path",
+    )
     ssl.finish()
     if ssl_config.enabled:
         for key in ("cert_path", "key_path"):
@@ -869,7 +1128,19 @@ def _parse_file_tree(data: Mapping[str, Any], warnings: list[str]) -> ServerConf
         password=dredis.optional_string("password"),
         key_prefix=dredis.string("key_prefix", "sockudo:"),
     )
+    dredis.warn_if_present(
+        "key_prefix",
+        "ignored; each Redis user has its own prefix key"
+        " (adapter.redis.prefix, queue.redis.prefix)",
+    )
+    if dredis.raw("sentinels"):
+        dredis.warn("sentinels", "ignored (as in Sockudo); database.redis.host is used directly")
+    for key in ("sentinel_password", "name"):
+        dredis.warn_if_present(key, "ignored (as in Sockudo): Sentinel is not used")
+    dredis.ignore("cluster_nodes")
+    _check_redis_url(database_redis.url, "database.redis")
     dredis.finish()
+    database.ignore("mysql", "postgres", "dynamodb", "scylladb")
     database.finish()
 
     logging = top.section("logging")
@@ -878,13 +1149,52 @@ def _parse_file_tree(data: Mapping[str, Any], warnings: list[str]) -> ServerConf
         colors_enabled=logging.boolean("colors_enabled", True),
         include_target=logging.boolean("include_target", True),
     )
+    if logging_config.colors_enabled and logging.present("colors_enabled"):
+        logging.warn("colors_enabled", "true is ignored; log lines are never coloured")
+    if not logging_config.include_target:
+        logging.warn("include_target", "false is ignored; log lines always name their source")
     logging.finish()
+
+    ws_limits = top.section("websocket_limits")
+    ws_limits_config = WebSocketLimitsConfig(
+        max_subscriptions=ws_limits.integer("max_subscriptions", 1000),
+        messages_per_second=ws_limits.integer("messages_per_second", 100),
+        message_burst=ws_limits.integer("message_burst", 1100),
+    )
+    ws_limits.finish()
+    if (
+        ws_limits_config.messages_per_second
+        and ws_limits_config.message_burst <= ws_limits_config.max_subscriptions
+    ):
+        raise ConfigError(
+            "websocket_limits.message_burst: must be above websocket_limits.max_subscriptions "
+            f"({ws_limits_config.message_burst} <= {ws_limits_config.max_subscriptions}): "
+            "pusher-js re-subscribes every channel at once when it reconnects"
+        )
 
     http_api = top.section("http_api")
     request_limit = http_api.integer("request_limit_in_mb", 10, minimum=1)
+    limits_default = HttpLimits()
+    http_limits = HttpLimits(
+        request_limit_in_mb=request_limit,
+        max_header_bytes=http_api.integer(
+            "max_header_bytes", limits_default.max_header_bytes, minimum=1024
+        ),
+        max_headers=http_api.integer("max_headers", limits_default.max_headers, minimum=8),
+        header_timeout_seconds=http_api.integer(
+            "header_timeout_seconds", limits_default.header_timeout_seconds, minimum=1
+        ),
+        body_timeout_seconds=http_api.integer(
+            "body_timeout_seconds", limits_default.body_timeout_seconds, minimum=1
+        ),
+        idle_timeout_seconds=http_api.integer(
+            "idle_timeout_seconds", limits_default.idle_timeout_seconds, minimum=1
+        ),
+    )
     http_api.finish()
     instance = top.section("instance")
     process_id = instance.optional_string("process_id")
+    instance.warn_if_present("process_id", "ignored; nothing in sockudo-tw uses a process id")
     instance.finish()
 
     config = ServerConfig(
@@ -898,6 +1208,7 @@ def _parse_file_tree(data: Mapping[str, Any], warnings: list[str]) -> ServerConf
         websocket_max_payload_kb=top.integer("websocket_max_payload_kb", 64, minimum=1),
         instance_process_id=process_id,
         http_api_request_limit_in_mb=request_limit,
+        http_limits=http_limits,
         adapter=adapter_config,
         app_manager=manager_config,
         cache=cache_config,
@@ -910,13 +1221,25 @@ def _parse_file_tree(data: Mapping[str, Any], warnings: list[str]) -> ServerConf
         webhooks=webhooks_config,
         database_redis=database_redis,
         logging=logging_config,
+        websocket_limits=ws_limits_config,
         workers=top.integer("workers", 1, minimum=1),
+        channel_cache_ttl=channel_cache_ttl,
+        app_limit_defaults=tuple(sorted(limit_defaults.items())),
     )
     check_workers(config)
-    # path_prefix is unused in Sockudo too; the top-level cluster_health is
-    # Sockudo's unused copy (see CLUSTER_HEALTH_* below).
-    if top.raw("path_prefix") in (None, "/"):
-        top.ignore("path_prefix")
+    top.warn_if_present("mode", "ignored; sockudo-tw has no development or production mode")
+    path_prefix = top.optional_string("path_prefix")
+    if path_prefix not in (None, "", "/"):
+        raise ConfigError(
+            f"path_prefix: {path_prefix!r} is refused: routes are served at the root"
+            " (/app/{key}, /apps/{id}/...); strip the prefix in the reverse proxy instead"
+        )
+    top.warn_if_present(
+        "cluster_health",
+        "the top-level copy is unused (as in Sockudo); set adapter.cluster_health instead",
+    )
+    top.warn_if_present("cleanup", "ignored; a disconnect is cleaned up at once")
+    top.ignore("database_pooling")
     top.finish()
     return config
 
@@ -978,10 +1301,6 @@ _ENV: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("REDIS_URL", ("cache", "redis", "url_override"), "str"),
     ("REDIS_URL", ("queue", "redis", "url_override"), "str"),
     ("REDIS_URL", ("rate_limiter", "redis", "url_override"), "str"),
-    ("REDIS_CLUSTER_NODES", ("adapter", "cluster", "nodes"), "list"),
-    ("REDIS_CLUSTER_NODES", ("queue", "redis_cluster", "nodes"), "list"),
-    ("REDIS_CLUSTER_QUEUE_CONCURRENCY", ("queue", "redis_cluster", "concurrency"), "int"),
-    ("REDIS_CLUSTER_QUEUE_PREFIX", ("queue", "redis_cluster", "prefix"), "str"),
     ("APP_MANAGER_CACHE_ENABLED", ("app_manager", "cache", "enabled"), "bool"),
     ("APP_MANAGER_CACHE_TTL", ("app_manager", "cache", "ttl"), "int"),
     ("CACHE_TTL_SECONDS", ("app_manager", "cache", "ttl"), "int"),
@@ -1024,13 +1343,6 @@ _ENV: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("QUEUE_REDIS_PREFIX", ("queue", "redis", "prefix"), "str"),
     ("WEBHOOK_BATCHING_ENABLED", ("webhooks", "batching", "enabled"), "bool"),
     ("WEBHOOK_BATCHING_DURATION", ("webhooks", "batching", "duration"), "int"),
-    ("NATS_SERVERS", ("adapter", "nats", "servers"), "list"),
-    ("NATS_USERNAME", ("adapter", "nats", "username"), "str"),
-    ("NATS_PASSWORD", ("adapter", "nats", "password"), "str"),
-    ("NATS_TOKEN", ("adapter", "nats", "token"), "str"),
-    ("NATS_CONNECTION_TIMEOUT_MS", ("adapter", "nats", "connection_timeout_ms"), "int"),
-    ("NATS_REQUEST_TIMEOUT_MS", ("adapter", "nats", "request_timeout_ms"), "int"),
-    ("NATS_NODES_NUMBER", ("adapter", "nats", "nodes_number"), "int"),
     ("CORS_ORIGINS", ("cors", "origin"), "list"),
     ("CORS_METHODS", ("cors", "methods"), "list"),
     ("CORS_HEADERS", ("cors", "allowed_headers"), "list"),
@@ -1051,6 +1363,152 @@ _ENV: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("LOG_COLORS_ENABLED", ("logging", "colors_enabled"), "bool"),
     ("LOG_INCLUDE_TARGET", ("logging", "include_target"), "bool"),
 )
+
+# Sockudo's variables for drivers sockudo-tw does not implement (all refused
+# when selected): set, they are ignored with a warning naming them.
+_ENV_OF_UNIMPLEMENTED: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        'adapter.driver "nats"',
+        (
+            "NATS_SERVERS",
+            "NATS_USERNAME",
+            "NATS_PASSWORD",
+            "NATS_TOKEN",
+            "NATS_CONNECTION_TIMEOUT_MS",
+            "NATS_REQUEST_TIMEOUT_MS",
+            "NATS_NODES_NUMBER",
+        ),
+    ),
+    (
+        'the "redis-cluster" adapter and queue drivers',
+        ("REDIS_CLUSTER_NODES", "REDIS_CLUSTER_QUEUE_CONCURRENCY", "REDIS_CLUSTER_QUEUE_PREFIX"),
+    ),
+    (
+        'app_manager.driver "mysql"',
+        (
+            "DATABASE_MYSQL_HOST",
+            "DATABASE_MYSQL_PORT",
+            "DATABASE_MYSQL_USERNAME",
+            "DATABASE_MYSQL_PASSWORD",
+            "DATABASE_MYSQL_DATABASE",
+            "DATABASE_MYSQL_TABLE_NAME",
+            "DATABASE_MYSQL_POOL_MIN",
+            "DATABASE_MYSQL_POOL_MAX",
+        ),
+    ),
+    (
+        'app_manager.driver "postgres"',
+        (
+            "DATABASE_POSTGRES_HOST",
+            "DATABASE_POSTGRES_PORT",
+            "DATABASE_POSTGRES_USERNAME",
+            "DATABASE_POSTGRES_PASSWORD",
+            "DATABASE_POSTGRES_DATABASE",
+            "DATABASE_POSTGRES_POOL_MIN",
+            "DATABASE_POSTGRES_POOL_MAX",
+        ),
+    ),
+    (
+        'app_manager.driver "dynamodb"',
+        (
+            "DATABASE_DYNAMODB_REGION",
+            "DATABASE_DYNAMODB_TABLE_NAME",
+            "DATABASE_DYNAMODB_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        ),
+    ),
+    (
+        'the SQL app managers ("mysql", "postgres")',
+        (
+            "DATABASE_POOLING_ENABLED",
+            "DATABASE_POOL_MIN",
+            "DATABASE_POOL_MAX",
+            "DATABASE_CONNECTION_POOL_SIZE",
+        ),
+    ),
+    (
+        'queue.driver "sqs"',
+        (
+            "QUEUE_SQS_REGION",
+            "QUEUE_SQS_VISIBILITY_TIMEOUT",
+            "QUEUE_SQS_MAX_MESSAGES",
+            "QUEUE_SQS_WAIT_TIME_SECONDS",
+            "QUEUE_SQS_CONCURRENCY",
+            "QUEUE_SQS_FIFO",
+            "QUEUE_SQS_ENDPOINT_URL",
+        ),
+    ),
+)
+
+# Other Sockudo variables sockudo-tw has no use for, and why that is harmless.
+_ENV_IGNORED: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "ignored; a disconnect is cleaned up at once",
+        (
+            "CLEANUP_ASYNC_ENABLED",
+            "CLEANUP_FALLBACK_TO_SYNC",
+            "CLEANUP_QUEUE_BUFFER_SIZE",
+            "CLEANUP_BATCH_SIZE",
+            "CLEANUP_BATCH_TIMEOUT_MS",
+            "CLEANUP_WORKER_THREADS",
+            "CLEANUP_MAX_RETRY_ATTEMPTS",
+        ),
+    ),
+    (
+        "ignored; Rust log filters do not apply (see debug and LOG_OUTPUT_FORMAT)",
+        ("SOCKUDO_LOG_DEBUG", "SOCKUDO_LOG_PROD", "RUST_LOG"),
+    ),
+)
+
+
+def _env_warnings(env: Mapping[str, str]) -> list[str]:
+    """
+    A warning for each set variable of L{_ENV_OF_UNIMPLEMENTED} and
+    L{_ENV_IGNORED}.
+    """
+    warnings = []
+    for driver, names in _ENV_OF_UNIMPLEMENTED:
+        for name in names:
+            if env.get(name, "").strip():
+                warnings.append(
+                    f"{name}: ignored; it configures {driver}, which sockudo-tw does not"
+                    " implement (selecting it is refused)"
+                )
+    for note, names in _ENV_IGNORED:
+        for name in names:
+            if env.get(name, "").strip():
+                warnings.append(f"{name}: {note}")
+    return warnings
+
+
+def known_env_vars() -> frozenset[str]:
+    """
+    Every environment variable the configuration reads or warns about.
+    """
+    names = {name for name, _, _ in _ENV}
+    names.update(("DEBUG", "DEBUG_MODE"))
+    for _, group in _ENV_OF_UNIMPLEMENTED + _ENV_IGNORED:
+        names.update(group)
+    names.update(f"SOCKUDO_DEFAULT_APP_{name.upper()}" for name in _DEFAULT_APP_NUMBERS)
+    names.update(f"SOCKUDO_DEFAULT_APP_{name.upper()}" for name in _DEFAULT_APP_FLAGS)
+    names.update(
+        f"SOCKUDO_DEFAULT_APP_{part}"
+        for part in ("ID", "KEY", "SECRET", "ENABLED", "ALLOWED_ORIGINS", "ENABLE_CLIENT_MESSAGES")
+    )
+    names.add("SOCKUDO_ENABLE_CLIENT_MESSAGES")
+    return frozenset(names)
+
+
+def known_keys() -> frozenset[str]:
+    """
+    Every config key path the parser reads, warns about or refuses (whole
+    sections, such as C{database.mysql}, where they are accepted as a
+    block); app fields (README "Apps") are not included.
+    """
+    seen: set[str] = set()
+    _parse_file_tree({}, [], seen)
+    return frozenset(seen)
 
 
 def env_bool(env: Mapping[str, str], name: str) -> bool | None:
@@ -1079,7 +1537,7 @@ def _env_value(env: Mapping[str, str], name: str, kind: str) -> Any:
         return None
     if kind == "int":
         text = raw.strip()
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             raise ConfigError(f"{name}: expected a non-negative integer, got {raw!r}")
         return int(text)
     if kind == "list":
@@ -1112,16 +1570,22 @@ def _copy_tree(value: Any) -> Any:
     return value
 
 
-def _default_app(env: Mapping[str, str]) -> App:
+def _default_app(env: Mapping[str, str], limits: Mapping[str, int] | None = None) -> App:
     """
-    The app described by C{SOCKUDO_DEFAULT_APP_*}, with L{App}'s defaults for
-    everything unset.
+    The app described by C{SOCKUDO_DEFAULT_APP_*}, with the global limits in
+    C{limits} and L{App}'s defaults for everything else unset.
     """
-    fields: dict[str, Any] = {
-        "id": env.get("SOCKUDO_DEFAULT_APP_ID") or "app-id",
-        "key": env.get("SOCKUDO_DEFAULT_APP_KEY") or "app-key",
-        "secret": env.get("SOCKUDO_DEFAULT_APP_SECRET") or "app-secret",
-    }
+    fields: dict[str, Any] = dict(limits or {})
+    fields.update(
+        id=env.get("SOCKUDO_DEFAULT_APP_ID") or "app-id",
+        key=env.get("SOCKUDO_DEFAULT_APP_KEY") or "app-key",
+        secret=env.get("SOCKUDO_DEFAULT_APP_SECRET") or "app-secret",
+    )
+    if not valid_app_id(fields["id"]):
+        raise ConfigError(
+            "SOCKUDO_DEFAULT_APP_ID: expected 1 to 128 of A-Z a-z 0-9 _ - . : (the API's"
+            f" app id rule), got {fields['id']!r}"
+        )
     for name in _DEFAULT_APP_NUMBERS:
         value = _env_value(env, f"SOCKUDO_DEFAULT_APP_{name.upper()}", "int")
         if value is not None:
@@ -1172,12 +1636,6 @@ def parse_config(
     if debug is not None or debug_mode is not None:
         tree["debug"] = bool(debug) if debug is not None else bool(debug_mode)
     warnings: list[str] = []
-    if "cluster_health" in tree:
-        tree.pop("cluster_health")
-        warnings.append(
-            "cluster_health: the top-level copy is unused (as in Sockudo);"
-            " set adapter.cluster_health instead"
-        )
     try:
         config = _parse_file_tree(tree, warnings)
     except ConfigError as e:
@@ -1185,12 +1643,17 @@ def parse_config(
         if key in sources:
             raise ConfigError(f"{sources[key]} (sets {e})") from None
         raise
+    for i, warning in enumerate(warnings):
+        key = warning.split(":", 1)[0]
+        if key in sources:
+            warnings[i] = f"{sources[key]} (sets {warning})"
+    warnings.extend(_env_warnings(env))
     default_requested = any(
         env.get(f"SOCKUDO_DEFAULT_APP_{part}") for part in ("ID", "KEY", "SECRET")
     )
     apps = config.app_manager.apps
     if data is None or default_requested:
-        default = _default_app(env)
+        default = _default_app(env, dict(config.app_limit_defaults))
         apps = (*(a for a in apps if a.id != default.id), default)
         for other in apps[:-1]:
             if other.key == default.key:
@@ -1207,11 +1670,13 @@ def parse_config(
 
 def load_config(path: str | None, env: Mapping[str, str]) -> ServerConfig:
     """
-    Read and parse the JSON file at C{path} (or the embedded defaults when
-    L{None}), then apply C{env}.
+    Read and parse the file at C{path} (or the embedded defaults when
+    L{None}), then apply C{env}. A name ending in C{.toml} is read as
+    Sockudo's TOML form (the same structure as the JSON); anything else as
+    JSON.
 
-    @raise ConfigError: if the file cannot be read, is not JSON, or holds
-        invalid values.
+    @raise ConfigError: if the file cannot be read, is not JSON (or TOML),
+        or holds invalid values.
     """
     if path is None:
         return parse_config(None, env)
@@ -1222,6 +1687,11 @@ def load_config(path: str | None, env: Mapping[str, str]) -> ServerConfig:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: config file is not UTF-8: {e}") from None
+    if path.lower().endswith(".toml"):
+        try:
+            return parse_config(tomllib.loads(text), env)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML: {e}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

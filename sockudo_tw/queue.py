@@ -30,9 +30,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
 
-import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -45,7 +43,6 @@ __all__ = [
     "IJobQueue",
     "JobHandler",
     "MemoryJobQueue",
-    "RedisAddress",
     "RedisCommands",
     "RedisJobQueue",
     "UnsupportedQueueDriverError",
@@ -241,39 +238,6 @@ def _cancel_pending(call: IDelayedCall, result: object) -> object:
     if call.active():
         call.cancel()
     return result
-
-
-@attrs.frozen
-class RedisAddress:
-    """
-    Where a Redis server is, parsed from a C{redis://} URL.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 6379
-    db: int = 0
-    password: str | None = None
-    username: str | None = None
-
-    @classmethod
-    def from_url(cls, url: str) -> RedisAddress:
-        """
-        Parse C{redis://[[user]:password@]host[:port][/db]}.
-
-        @raise ValueError: for another scheme (C{rediss} included: TLS to
-            Redis is not wired yet) or a bad port or database number.
-        """
-        parts = urlsplit(url)
-        if parts.scheme != "redis":
-            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} in {url!r}")
-        path = parts.path.strip("/")
-        return cls(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 6379,
-            db=int(path) if path else 0,
-            password=unquote(parts.password) if parts.password else None,
-            username=unquote(parts.username) if parts.username else None,
-        )
 
 
 class RedisCommands(Protocol):

@@ -34,6 +34,7 @@ from sockudo_tw.apps import IAppStore, MemoryAppStore
 from sockudo_tw.cache import IChannelCache, MemoryChannelCache
 from sockudo_tw.config import RateLimit, ServerConfig
 from sockudo_tw.hooks import IPusherEvents
+from sockudo_tw.logs import StartupSummary
 from sockudo_tw.metrics import (
     GLOBAL_APP,
     MeteredRateLimiter,
@@ -106,11 +107,19 @@ def config_listeners(config: ServerConfig) -> list[str]:
         return [f"unix:{escape_strport(config.unix_socket.path)}:mode={mode}:lockfile=1"]
     interface = escape_strport(config.host)
     if config.ssl.enabled:
-        return [
+        cert = escape_strport(config.ssl.cert_path)
+        description = (
             f"ssl:{config.port}:interface={interface}"
-            f":privateKey={escape_strport(config.ssl.key_path)}"
-            f":certKey={escape_strport(config.ssl.cert_path)}"
-        ]
+            f":privateKey={escape_strport(config.ssl.key_path)}:certKey={cert}"
+        )
+        # strports' certKey loads only the first certificate of the file; a
+        # chain file (leaf, then intermediates, as Let's Encrypt's
+        # fullchain.pem) also goes to extraCertChain so clients get the
+        # intermediates (the leaf is then sent twice, which clients ignore).
+        with open(config.ssl.cert_path, "rb") as pem:
+            if pem.read().count(b"-----BEGIN CERTIFICATE-----") > 1:
+                description += f":extraCertChain={cert}"
+        return [description]
     return [f"tcp:{config.port}:interface={interface}"]
 
 
@@ -157,6 +166,9 @@ def _websocket_resource(
         user_authentication_timeout=config.user_authentication_timeout,
         max_payload_kb=config.websocket_max_payload_kb,
         observer=observer,
+        max_subscriptions=config.websocket_limits.max_subscriptions,
+        messages_per_second=config.websocket_limits.messages_per_second,
+        message_burst=config.websocket_limits.message_burst,
     )
     resource: IResource = factory.websocket_resource()
     if config.rate_limiter.enabled:
@@ -303,6 +315,8 @@ class SockudoService(MultiService):
     @ivar close_steps: called in order last (Redis connections and other
         backends).
     @ivar prepare_steps: called once before any listener binds.
+    @ivar startup: logged once every child has started (listener URLs, app
+        count, adapter; a warning when there is no app).
     """
 
     _log = Logger()
@@ -327,6 +341,7 @@ class SockudoService(MultiService):
         self.prepare_steps: list[Callable[[], None]] = []
         self._log_observer = log_observer
         self._warnings = tuple(warnings)
+        self.startup: StartupSummary | None = None
 
     def privilegedStartService(self) -> None:
         """
@@ -362,12 +377,14 @@ class SockudoService(MultiService):
 
     def startService(self) -> None:
         """
-        Log ignored config keys, then start every child.
+        Log ignored config keys, start every child, then log what is served.
         """
         for warning in self._warnings:
             self._log.warn("Config: {note}", note=warning)
         self._prepare()
         super().startService()
+        if self.startup is not None:
+            self.startup.log(self._log)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -482,12 +499,9 @@ def make_service(
     """
     log = Logger(namespace="sockudo_tw.service")
     warnings = list(config.warnings)
-    if config.app_manager.driver != "memory":
-        warnings.append(
-            f"app_manager.driver: {config.app_manager.driver!r} is not available yet; using memory"
-        )
+    # Other app_manager and cache drivers are refused by the config.
     app_store = MemoryAppStore(config.app_manager.apps)
-    cache = MemoryChannelCache(reactor)
+    cache = MemoryChannelCache(reactor, ttl=config.channel_cache_ttl)
     metrics: PusherMetrics | None = None
     observer: IPusherEvents | None = None
     if config.metrics.enabled and metrics_resource is None:
@@ -526,7 +540,12 @@ def make_service(
     if metrics is not None:
         # Sockudo counts /up as an API call too.
         health = MeteredResource(health, metrics, reactor, app_store)
-    site = make_site(RootResource(websocket.resource, api, health), access_log=config.debug)
+    site = make_site(
+        RootResource(websocket.resource, api, health),
+        access_log=config.debug,
+        limits=config.http_limits,
+        clock=reactor,
+    )
     # Plain triggers skip twisted.web's request parsing (triggerchannel.py);
     # the access log, when on, wants every request through the Site.
     listening: IProtocolFactory = site
@@ -568,7 +587,7 @@ def make_service(
         )
         root.add_listener(pool)
     if not listen and config.ssl.enabled and config.ssl.redirect_http:
-        redirect = make_site(RedirectToHttps(config.port))
+        redirect = make_site(RedirectToHttps(config.port), limits=config.http_limits, clock=reactor)
         interface = escape_strport(config.host)
         root.add_listener(
             strports.service(
@@ -587,5 +606,13 @@ def make_service(
                 f"tcp:{config.metrics.port}:interface={interface}", served, reactor=reactor
             )
         )
+    announced = [("Pusher WebSocket and HTTP API", d, "") for d in descriptions]
+    if not listen and config.ssl.enabled and config.ssl.redirect_http:
+        redirect_at = f"tcp:{config.ssl.http_port}:interface={escape_strport(config.host)}"
+        announced.append(("redirect to HTTPS", redirect_at, ""))
+    if config.metrics.enabled:
+        metrics_at = f"tcp:{config.metrics.port}:interface={escape_strport(config.metrics.host)}"
+        announced.append(("Prometheus metrics", metrics_at, "/metrics"))
+    root.startup = StartupSummary(announced, len(config.app_manager.apps), config.adapter.driver)
     log.debug("Listening on {descriptions}", descriptions=descriptions)
     return root

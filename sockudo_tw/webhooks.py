@@ -62,11 +62,11 @@ from sockudo_tw.pusher.signing import webhook_signature
 from sockudo_tw.queue import (
     IJobQueue,
     MemoryJobQueue,
-    RedisAddress,
     RedisCommands,
     RedisJobQueue,
     validate_queue_driver,
 )
+from sockudo_tw.redisurl import RedisUrl, parse_redis_url
 
 __all__ = [
     "CACHE_MISS",
@@ -954,29 +954,18 @@ def build_webhooks(
         validate_webhook_targets(config.app_manager.apps)
         queue_url = config.queue.redis_url_override or config.database_redis.url
         adapter_url = config.adapter.redis_url or config.database_redis.url
-        queue_address = RedisAddress.from_url(queue_url)
-        adapter_address = RedisAddress.from_url(adapter_url)
+        queue_address = parse_redis_url(queue_url)
+        adapter_address = parse_redis_url(adapter_url)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if config.queue.driver == "none":
         return WebhookParts(NullWebhookEvents(), None, lambda: succeed(None))
     closers: list[Callable[[], Deferred[Any]]] = []
-    connections: dict[RedisAddress, Any] = {}
+    connections: dict[RedisUrl, Any] = {}
 
-    def redis(address: RedisAddress) -> Any:
+    def redis(address: RedisUrl) -> Any:
         if address not in connections:
-            import txredisapi
-
-            connection = txredisapi.lazyConnectionPool(
-                address.host,
-                address.port,
-                dbid=address.db,
-                poolsize=2,
-                reconnect=True,
-                password=address.password,
-                username=address.username,
-                convertNumbers=False,
-            )
+            connection = _redis_pool(address)
             connections[address] = connection
             closers.append(connection.disconnect)
         return connections[address]
@@ -1022,3 +1011,30 @@ def build_webhooks(
 
 
 _build_log = Logger(namespace="sockudo_tw.webhooks")
+
+
+def _redis_pool(address: RedisUrl) -> Any:
+    """
+    A lazy txredisapi pool (2 connections, reconnecting) to C{address}:
+    TCP, TLS with the certificate verified, or a Unix socket.
+    """
+    import txredisapi
+
+    common: dict[str, Any] = {
+        "dbid": address.db,
+        "poolsize": 2,
+        "reconnect": True,
+        "password": address.password,
+        "username": address.username,
+        "convertNumbers": False,
+    }
+    if address.path is not None:
+        return txredisapi.lazyUnixConnectionPool(address.path, **common)
+    tls: Any = False
+    if address.tls:
+        from twisted.internet.ssl import optionsForClientTLS
+
+        tls = optionsForClientTLS(address.host or "")
+    return txredisapi.lazyConnectionPool(
+        address.host, address.port, ssl_context_factory=tls, **common
+    )

@@ -19,7 +19,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from sockudo_tw.queue import IJobQueue, MemoryJobQueue, RedisAddress, RedisJobQueue
+from sockudo_tw.queue import IJobQueue, MemoryJobQueue, RedisJobQueue
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -177,24 +177,6 @@ class MemoryJobQueueTests(SynchronousTestCase):
         self.clock.advance(0.1)
         self.successResultOf(d)
         self.assertEqual(queue.dropped, 1)
-
-
-class RedisAddressTests(SynchronousTestCase):
-    """
-    L{RedisAddress.from_url}.
-    """
-
-    def test_parse(self) -> None:
-        """
-        Host, port, database and credentials come from the URL; defaults
-        fill the rest.
-        """
-        self.assertEqual(
-            RedisAddress.from_url("redis://u:p%40ss@10.0.0.1:6380/3"),
-            RedisAddress("10.0.0.1", 6380, 3, "p@ss", "u"),
-        )
-        self.assertEqual(RedisAddress.from_url("redis://127.0.0.1"), RedisAddress())
-        self.assertRaises(ValueError, RedisAddress.from_url, "rediss://x")
 
 
 class RedisJobQueueTests(TestCase):
