@@ -10,21 +10,79 @@ or daemonizes. C{makeService} hands over to L{sockudo_tw.service}.
 from __future__ import annotations
 
 import os
+import platform
+import re
 import sys
 from collections.abc import Mapping
 from typing import IO, Any
 
 import attrs
 from twisted.application.service import IService
+from twisted.copyright import version as twisted_version
 from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 from twisted.python.logfile import LogFile
 
 from sockudo_tw.config import ConfigError, ServerConfig, check_workers, load_config
-from sockudo_tw.logs import make_log_observer
+from sockudo_tw.logs import make_log_observer, package_version
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "check_listen", "makeService"]
+
+
+def _systemd_sockets() -> str:
+    """
+    How many sockets systemd passed this process, for an error message.
+
+    Twisted's C{systemd:} parser read (and removed) C{LISTEN_FDS} when it was
+    imported, so ask the parser itself, one index after another.
+    """
+    count = 0
+    while count < 1024:
+        try:
+            endpoints.serverFromString(MemoryReactor(), f"systemd:domain=INET:index={count}")
+        except IndexError:
+            break
+        count += 1
+    if not count:
+        return "systemd passed no sockets to this process (LISTEN_FDS)"
+    return f"systemd passed {count} socket(s) (FileDescriptorName= names them)"
+
+
+def _listen_problem(description: str, error: Exception) -> str:
+    """
+    Why building the endpoint for C{description} failed, in words, without
+    the parser's internal function names.
+    """
+    systemd = description.lower().startswith("systemd:")
+    if systemd and isinstance(error, IndexError):
+        return f"no inherited socket at that index; {_systemd_sockets()}"
+    if systemd and isinstance(error, KeyError):
+        return f"no inherited socket named {error}; {_systemd_sockets()}"
+    if systemd and isinstance(error, AttributeError):
+        return "domain must be INET, INET6 or UNIX"
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror}{where}"
+    # TypeError names the parser ("_parseTCP() got an unexpected keyword").
+    text = re.sub(r"^\w+\(\) ", "", str(error))
+    return text or type(error).__name__
+
+
+def check_listen(description: str) -> None:
+    """
+    Check a strports C{description} the way twistd will use it, without
+    binding anything: an unknown endpoint type, a bad parameter, a missing
+    certificate or a C{systemd:} socket that was not passed all fail here.
+
+    @raise usage.UsageError: naming the description and the problem.
+    """
+    try:
+        endpoints.serverFromString(MemoryReactor(), description)
+    except Exception as e:  # any parser failure means twistd could not listen
+        raise usage.UsageError(
+            f"--listen {description!r}: {_listen_problem(description, e)}"
+        ) from None
 
 
 class Options(usage.Options):
@@ -43,7 +101,7 @@ class Options(usage.Options):
         "override the config file as in Sockudo."
     )
     optParameters = [
-        ["config", "c", None, "Sockudo-style config.json to load."],
+        ["config", "c", None, "Sockudo-style config.json (or config.toml) to load."],
         ["workers", "w", None, "Processes sharing the listening sockets (overrides workers)."],
     ]
 
@@ -58,13 +116,18 @@ class Options(usage.Options):
         Listen on this strports description instead of the config's
         listeners (repeatable), e.g. tcp:6001 or unix:/run/sockudo.sock.
         """
-        try:
-            endpoints.serverFromString(MemoryReactor(), description)
-        except (ValueError, KeyError, TypeError) as e:
-            raise usage.UsageError(f"--listen {description!r}: {e}") from None
+        check_listen(description)
         self["listen"].append(description)
 
     opt_l = opt_listen
+
+    def opt_version(self) -> None:
+        """
+        Display sockudo-tw's version and exit.
+        """
+        python = f"{platform.python_implementation()} {platform.python_version()}"
+        print(f"sockudo-tw {package_version()} (Twisted {twisted_version}, {python})")
+        sys.exit(0)
 
     def postOptions(self) -> None:
         """
@@ -78,7 +141,7 @@ class Options(usage.Options):
             self.server_config = load_config(self["config"], self.environ)
             if self["workers"] is not None:
                 workers = self["workers"]
-                if not workers.isdigit() or int(workers) < 1:
+                if not (workers.isascii() and workers.isdigit()) or int(workers) < 1:
                     raise ConfigError(f"--workers: expected an integer >= 1, got {workers!r}")
                 self.server_config = attrs.evolve(self.server_config, workers=int(workers))
                 check_workers(self.server_config)

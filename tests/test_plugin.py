@@ -15,6 +15,7 @@ from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+import sockudo_tw
 from sockudo_tw import tap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,6 +94,9 @@ class PluginTests(SynchronousTestCase):
             env=dict(os.environ),
         )
         self.assertEqual(result.returncode, 0, result.stderr)
+        # The version has one source, sockudo_tw.__version__ (setup.cfg's attr:).
+        (installed,) = importlib.metadata.distributions(path=[target], name="sockudo-tw")
+        self.assertEqual(installed.version, sockudo_tw.__version__)
         self.assertFalse(os.path.exists(os.path.join(target, "twisted", "__init__.py")))
         self.assertFalse(os.path.exists(os.path.join(target, "twisted", "plugins", "__init__.py")))
         elsewhere = os.path.abspath(self.mktemp())

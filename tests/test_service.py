@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import io
 import json
+import os
+from typing import Any
 
 from twisted.application.service import Application, IService, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import ILogObserver, Logger, LogLevel
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from sockudo_tw.config import parse_config
-from sockudo_tw.logs import make_log_observer
+from sockudo_tw.logs import listener_url, make_log_observer, package_version
 from sockudo_tw.service import (
     SockudoService,
     config_listeners,
@@ -254,7 +256,11 @@ class ComposeTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         make_service(parse_config({"cleanup": {}}, {}), reactor).startService()
         warned = [e for e in events if e["log_level"] == LogLevel.warn]
-        self.assertEqual([e["note"] for e in warned], ["cleanup: not implemented, ignored"])
+        # Then this config's lack of any app (see StartupLogTests).
+        self.assertEqual(
+            [e.get("note") for e in warned],
+            ["cleanup: ignored; a disconnect is cleaned up at once", None],
+        )
 
     def test_log_observer_installed(self) -> None:
         """
@@ -320,3 +326,160 @@ class LogTests(SynchronousTestCase):
         self.assertEqual(event["level"], "critical")
         self.assertEqual(event["channel"], "c")
         self.assertIn("ZeroDivisionError", event["traceback"])
+
+
+class StartupLogTests(SynchronousTestCase):
+    """
+    What the daemon logs once it has started: each listener as a URL, the
+    version, the app count and the adapter; a warning when there is no app.
+    """
+
+    def start(
+        self, config: dict[str, object] | None, listen: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """
+        Start a daemon built from C{config} on a memory reactor; return the
+        events it logged.
+        """
+        from twisted.internet.testing import EventLoggingObserver
+        from twisted.logger import globalLogPublisher
+
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        service = make_service(parse_config(config, {}), MemoryReactorClock(), listen=listen or ())
+        service.startService()
+        return list(events)
+
+    def test_listeners_as_urls(self) -> None:
+        """
+        One info line per listener with its URL and role, then a summary
+        with the version, the app count and the adapter driver.
+        """
+        events = self.start(None)
+        urls = [(e["url"], e["role"]) for e in events if "url" in e]
+        self.assertEqual(
+            urls,
+            [
+                ("http://0.0.0.0:6001", "Pusher WebSocket and HTTP API"),
+                ("http://0.0.0.0:9601/metrics", "Prometheus metrics"),
+            ],
+        )
+        messages = [formatEvent(e) for e in events]
+        self.assertIn("Listening on http://0.0.0.0:6001 (Pusher WebSocket and HTTP API)", messages)
+        self.assertIn(f"sockudo-tw {package_version()} started: 1 app, local adapter", messages)
+        self.assertEqual([e for e in events if e["log_level"] >= LogLevel.warn], [])
+
+    def test_unix_and_tls(self) -> None:
+        """
+        A Unix socket is a C{unix://} URL with its absolute path; TLS is
+        C{https}, with an IPv6 host in brackets; the HTTPS redirect listener
+        is listed too.
+        """
+        events = self.start(
+            {
+                "unix_socket": {"enabled": True, "path": "/run/sockudo/s.sock"},
+                "metrics": {"enabled": False},
+            }
+        )
+        self.assertEqual([e["url"] for e in events if "url" in e], ["unix:///run/sockudo/s.sock"])
+        from tests.test_endpoints import _make_cert
+
+        cert, key, _ = _make_cert(self.mktemp())
+        events = self.start(
+            {
+                "host": "::1",
+                "port": 6443,
+                "ssl": {
+                    "enabled": True,
+                    "cert_path": cert,
+                    "key_path": key,
+                    "redirect_http": True,
+                    "http_port": 8080,
+                },
+                "metrics": {"enabled": True, "host": "127.0.0.1", "port": 9602},
+            }
+        )
+        self.assertEqual(
+            [(e["url"], e["role"]) for e in events if "url" in e],
+            [
+                ("https://[::1]:6443", "Pusher WebSocket and HTTP API"),
+                ("http://[::1]:8080", "redirect to HTTPS"),
+                ("http://127.0.0.1:9602/metrics", "Prometheus metrics"),
+            ],
+        )
+
+    def test_zero_apps(self) -> None:
+        """
+        A config file with no app starts, with a warning saying everything
+        will be refused and how to add an app.
+        """
+        events = self.start({"app_manager": {"array": {"apps": []}}})
+        (warning,) = [e for e in events if e["log_level"] == LogLevel.warn]
+        message = formatEvent(warning)
+        self.assertIn("No apps are configured", message)
+        self.assertIn("refused", message)
+        self.assertIn("app_manager.array.apps", message)
+        self.assertIn("SOCKUDO_DEFAULT_APP_ID", message)
+        self.assertIn(
+            f"sockudo-tw {package_version()} started: 0 apps, local adapter",
+            [formatEvent(e) for e in events],
+        )
+
+    def test_no_reprs(self) -> None:
+        """
+        Nothing sockudo-tw logs at start or shutdown shows an object's repr
+        or an internal class name.
+        """
+        from twisted.internet.testing import EventLoggingObserver
+        from twisted.logger import globalLogPublisher
+
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        service = make_service(parse_config(None, {}), MemoryReactorClock())
+        service.startService()
+        self.successResultOf(service.stopService())
+        ours = [
+            formatEvent(e)
+            for e in events
+            if str(e.get("log_namespace", "")).startswith("sockudo_tw")
+        ]
+        self.assertTrue(ours)
+        for message in ours:
+            self.assertNotRegex(message, r"<\w|object at 0x|_QuietSite|Factory|Service\b")
+
+    def test_listener_url(self) -> None:
+        """
+        L{listener_url} turns strports descriptions into URLs, undoing
+        escapes; anything it does not know stays as written.
+        """
+        cases = {
+            "tcp:6001": "http://0.0.0.0:6001",
+            "tcp:6001:interface=127.0.0.1": "http://127.0.0.1:6001",
+            "tcp:6001:10.0.0.1": "http://10.0.0.1:6001",
+            "tcp:6001:interface=\\:\\:": "http://[::]:6001",
+            "tcp6:6001": "http://[::]:6001",
+            "ssl:6443:privateKey=k.pem:certKey=c.pem": "https://0.0.0.0:6443",
+            "ssl:6443:interface=\\:\\:1:privateKey=a\\:b.pem": "https://[::1]:6443",
+            "unix:/run/a\\:b.sock:mode=660:lockfile=1": "unix:///run/a:b.sock",
+            "unix:rel.sock": "unix://" + os.path.abspath("rel.sock"),
+            "systemd:domain=INET:index=0": "systemd:domain=INET:index=0",
+            "TCP:80": "http://0.0.0.0:80",
+        }
+        for description, url in cases.items():
+            self.assertEqual(listener_url(description), url, description)
+        self.assertEqual(listener_url("tcp:9601", "/metrics"), "http://0.0.0.0:9601/metrics")
+
+    def test_package_version(self) -> None:
+        """
+        The version is the installed distribution's; without one (a source
+        tree on C{PYTHONPATH}), the package's C{__version__}, marked.
+        """
+        import importlib.metadata
+
+        import sockudo_tw
+
+        self.assertEqual(package_version(), importlib.metadata.version("sockudo-tw"))
+
+        def missing(name: str) -> str:
+            raise importlib.metadata.PackageNotFoundError(name)
+
+        self.patch(importlib.metadata, "version", missing)
+        self.assertEqual(package_version(), f"{sockudo_tw.__version__} (not installed)")
