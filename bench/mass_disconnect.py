@@ -28,8 +28,8 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
 from sockudo_tw.adapters.local import LocalAdapter
-from sockudo_tw.apps import MemoryAppStore
-from sockudo_tw.cache import MemoryChannelCache
+from sockudo_tw.appstores import MemoryAppStore
+from sockudo_tw.caches import MemoryChannelCache
 from sockudo_tw.pusher.app import App
 from sockudo_tw.pusher.signing import token
 from sockudo_tw.websocket import CLEANUP_CHUNK, PusherFactory

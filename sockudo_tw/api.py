@@ -38,8 +38,8 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from sockudo_tw.adapters import IAdapter
-from sockudo_tw.apps import IAppStore
-from sockudo_tw.cache import IChannelCache
+from sockudo_tw.appstores import IAppStore
+from sockudo_tw.caches import IChannelCache
 from sockudo_tw.pusher.app import App, valid_app_id
 from sockudo_tw.pusher.channels import (
     ChannelKind,

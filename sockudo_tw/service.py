@@ -30,8 +30,8 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from sockudo_tw.adapters import IAdapter
-from sockudo_tw.apps import IAppStore, MemoryAppStore
-from sockudo_tw.cache import IChannelCache, MemoryChannelCache
+from sockudo_tw.appstores import IAppStore, MemoryAppStore
+from sockudo_tw.caches import IChannelCache, MemoryChannelCache
 from sockudo_tw.config import RateLimit, ServerConfig
 from sockudo_tw.hooks import IPusherEvents
 from sockudo_tw.logs import StartupSummary

@@ -134,7 +134,7 @@ class Options(usage.Options):
         Load and check the configuration now, before anything is bound.
         """
         from sockudo_tw.adapters import validate_adapter_driver
-        from sockudo_tw.queue import validate_queue_driver
+        from sockudo_tw.queues import validate_queue_driver
         from sockudo_tw.webhooks import validate_webhook_targets
 
         try:

@@ -33,7 +33,7 @@ from twisted.web.resource import IResource, NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from sockudo_tw.apps import IAppStore
+from sockudo_tw.appstores import IAppStore
 from sockudo_tw.config import HttpLimits
 
 __all__ = [

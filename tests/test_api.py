@@ -23,8 +23,8 @@ from twisted.web.server import Request, Site
 from twisted.web.test.requesthelper import DummyChannel
 
 from sockudo_tw.api import PusherApi
-from sockudo_tw.apps import MemoryAppStore
-from sockudo_tw.cache import MemoryChannelCache
+from sockudo_tw.appstores import MemoryAppStore
+from sockudo_tw.caches import MemoryChannelCache
 from sockudo_tw.pusher.app import App
 from sockudo_tw.pusher.signing import hmac_sha256_hex, sign_api_query
 from sockudo_tw.ratelimit import MemoryRateLimiter

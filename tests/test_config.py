@@ -540,8 +540,8 @@ class WebSocketLimitsTests(SynchronousTestCase):
 
         import sockudo_tw.websocket
         from sockudo_tw import service
-        from sockudo_tw.apps import MemoryAppStore
-        from sockudo_tw.cache import MemoryChannelCache
+        from sockudo_tw.appstores import MemoryAppStore
+        from sockudo_tw.caches import MemoryChannelCache
 
         built: list[dict[str, Any]] = []
 
@@ -661,7 +661,7 @@ class ShippedConfigApiTests(SynchronousTestCase):
         from treq.testing import StubTreq
 
         from sockudo_tw.api import PusherApi
-        from sockudo_tw.apps import MemoryAppStore
+        from sockudo_tw.appstores import MemoryAppStore
         from sockudo_tw.ratelimit import MemoryRateLimiter
 
         api = self.api

@@ -23,7 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
 
-from sockudo_tw.apps import MemoryAppStore
+from sockudo_tw.appstores import MemoryAppStore
 from sockudo_tw.hooks import IPusherEvents
 from sockudo_tw.metrics import (
     CONNECTION_ERROR_TYPES,
@@ -48,7 +48,7 @@ from sockudo_tw.metrics import (
 )
 from sockudo_tw.pusher.app import App
 from sockudo_tw.pusher.channels import channel_type
-from sockudo_tw.queue import MemoryJobQueue
+from sockudo_tw.queues import MemoryJobQueue
 from sockudo_tw.ratelimit import MemoryRateLimiter
 from sockudo_tw.registry import Registry
 from sockudo_tw.webhooks import IWebhookMetrics

@@ -1,5 +1,5 @@
 """
-Tests for L{sockudo_tw.queue}: the memory queue on a L{Clock}, and the Redis
+Tests for L{sockudo_tw.queues}: the memory queue on a L{Clock}, and the Redis
 reliable queue against the Redis server on 127.0.0.1:6379 (required when
 C{CI=true}, skipped with a message otherwise).
 """
@@ -19,7 +19,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from sockudo_tw.queue import IJobQueue, MemoryJobQueue, RedisJobQueue
+from sockudo_tw.queues import IJobQueue, MemoryJobQueue, RedisJobQueue
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379

@@ -28,8 +28,8 @@ from twisted.web.server import Site
 from twisted.web.static import Data
 
 from sockudo_tw.api import PusherApi
-from sockudo_tw.apps import MemoryAppStore
-from sockudo_tw.cache import MemoryChannelCache
+from sockudo_tw.appstores import MemoryAppStore
+from sockudo_tw.caches import MemoryChannelCache
 from sockudo_tw.config import HttpLimits, parse_config
 from sockudo_tw.pusher.app import App
 from sockudo_tw.pusher.signing import sign_api_query

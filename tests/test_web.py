@@ -17,7 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from twisted.web.test.test_web import DummyChannel
 
-from sockudo_tw.apps import MemoryAppStore
+from sockudo_tw.appstores import MemoryAppStore
 from sockudo_tw.pusher.app import App
 from sockudo_tw.web import (
     HEALTH_CHECK_TIMEOUT,

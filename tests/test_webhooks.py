@@ -20,7 +20,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from sockudo_tw.apps import MemoryAppStore
+from sockudo_tw.appstores import MemoryAppStore
 from sockudo_tw.config import (
     AppManagerConfig,
     ConfigError,
@@ -31,7 +31,7 @@ from sockudo_tw.config import (
 from sockudo_tw.hooks import IPusherEvents
 from sockudo_tw.pusher.app import App, WebhookTarget
 from sockudo_tw.pusher.signing import webhook_signature
-from sockudo_tw.queue import (
+from sockudo_tw.queues import (
     IJobQueue,
     JobHandler,
     MemoryJobQueue,

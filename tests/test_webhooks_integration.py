@@ -32,11 +32,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 import sockudo_tw
-from sockudo_tw.apps import MemoryAppStore
+from sockudo_tw.appstores import MemoryAppStore
 from sockudo_tw.config import AdapterConfig, AppManagerConfig, QueueConfig, ServerConfig
 from sockudo_tw.pusher.app import App, WebhookTarget
 from sockudo_tw.pusher.signing import channel_string_to_sign, token
-from sockudo_tw.queue import IJobQueue, MemoryJobQueue, RedisJobQueue
+from sockudo_tw.queues import IJobQueue, MemoryJobQueue, RedisJobQueue
 from sockudo_tw.webhooks import (
     RedisPendingLeaves,
     WebhookEvents,
@@ -70,11 +70,11 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.web.client import Agent
 import txredisapi
-from sockudo_tw.apps import MemoryAppStore
+from sockudo_tw.appstores import MemoryAppStore
 from sockudo_tw.config import AdapterConfig, AppManagerConfig, QueueConfig, ServerConfig
 from sockudo_tw.pusher.app import App, WebhookTarget
 from sockudo_tw.pusher.signing import channel_string_to_sign, token
-from sockudo_tw.queue import RedisJobQueue
+from sockudo_tw.queues import RedisJobQueue
 from sockudo_tw.webhooks import WebhookSender
 
 prefix, app_id, key, secret, url = sys.argv[1:6]

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from sockudo_tw.adapters import ILocalSocket
-from sockudo_tw.apps import MemoryAppStore
+from sockudo_tw.appstores import MemoryAppStore
 from sockudo_tw.hooks import IPusherEvents, NoPusherEvents
 from sockudo_tw.pusher.app import App
 from sockudo_tw.pusher.signing import token

@@ -14,8 +14,8 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from sockudo_tw.adapters.local import LocalAdapter
-from sockudo_tw.apps import MemoryAppStore
-from sockudo_tw.cache import MemoryChannelCache
+from sockudo_tw.appstores import MemoryAppStore
+from sockudo_tw.caches import MemoryChannelCache
 from sockudo_tw.pusher.app import App
 from sockudo_tw.websocket import PusherFactory
 from tests.wsclient import client_frame, serve_and_connect

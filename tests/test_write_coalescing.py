@@ -28,8 +28,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from sockudo_tw.adapters.local import LocalAdapter
-from sockudo_tw.apps import MemoryAppStore
-from sockudo_tw.cache import MemoryChannelCache
+from sockudo_tw.appstores import MemoryAppStore
+from sockudo_tw.caches import MemoryChannelCache
 from sockudo_tw.directwrite import idle_socket
 from sockudo_tw.pusher.app import App
 from sockudo_tw.websocket import PusherFactory, PusherProtocol

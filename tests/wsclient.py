@@ -21,8 +21,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from sockudo_tw.adapters.local import LocalAdapter
-from sockudo_tw.apps import MemoryAppStore
-from sockudo_tw.cache import MemoryChannelCache
+from sockudo_tw.appstores import MemoryAppStore
+from sockudo_tw.caches import MemoryChannelCache
 from sockudo_tw.pusher.app import App
 from sockudo_tw.websocket import PusherFactory, PusherProtocol
 

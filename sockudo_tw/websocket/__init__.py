@@ -37,8 +37,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sockudo_tw.adapters import IAdapter, ILocalSocket
-from sockudo_tw.apps import IAppStore
-from sockudo_tw.cache import IChannelCache
+from sockudo_tw.appstores import IAppStore
+from sockudo_tw.caches import IChannelCache
 from sockudo_tw.directwrite import idle_socket, write_now
 from sockudo_tw.framing import text_frame
 from sockudo_tw.hooks import IPusherEvents, NoPusherEvents

@@ -19,7 +19,7 @@ The pieces, in the order an event goes through them:
      cluster adapter can share it between nodes.
   3. Events are batched per (app, URL) for C{webhooks.batching.duration} and
      each batch becomes one job, with the body (C{{"time_ms", "events"}})
-     built at that moment, on an L{sockudo_tw.queue.IJobQueue}.
+     built at that moment, on an L{sockudo_tw.queues.IJobQueue}.
   4. L{WebhookSender} consumes the queue: it looks the app up again (the
      secret is never stored in the queue), signs the body and POSTs it with
      treq. Connection errors, timeouts, 5xx and 429 are retried with
@@ -53,13 +53,13 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from zope.interface import Interface, implementer
 
-from sockudo_tw.apps import IAppStore
+from sockudo_tw.appstores import IAppStore
 from sockudo_tw.config import ConfigError, ServerConfig
 from sockudo_tw.hooks import IPusherEvents, NoPusherEvents
 from sockudo_tw.pusher.app import App, WebhookTarget
 from sockudo_tw.pusher.channels import ChannelKind, channel_type
 from sockudo_tw.pusher.signing import webhook_signature
-from sockudo_tw.queue import (
+from sockudo_tw.queues import (
     IJobQueue,
     MemoryJobQueue,
     RedisCommands,
@@ -739,7 +739,7 @@ class WebhookSender:
 
     def deliver(self, job: str) -> Deferred[bool]:
         """
-        Deliver one job (the L{sockudo_tw.queue.JobHandler}).
+        Deliver one job (the L{sockudo_tw.queues.JobHandler}).
 
         @return: fires C{True} when finished (delivered or given up),
             C{False} when abandoned because the sender is stopping.

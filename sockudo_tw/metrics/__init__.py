@@ -52,7 +52,7 @@ from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from sockudo_tw.apps import IAppStore
+from sockudo_tw.appstores import IAppStore
 from sockudo_tw.hooks import IPusherEvents, NoPusherEvents
 from sockudo_tw.pusher.channels import ChannelType, channel_type
 from sockudo_tw.pusher.errors import PusherErrorCode

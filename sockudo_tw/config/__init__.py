@@ -837,7 +837,7 @@ def _parse_file_tree(
     @param read_keys: if given, every key path the parser asks for is added.
     """
     from sockudo_tw.adapters import validate_adapter_driver
-    from sockudo_tw.queue import validate_queue_driver
+    from sockudo_tw.queues import validate_queue_driver
 
     top = _Section(data, "", warnings, read_keys)
     port_range = {"minimum": 1, "maximum": 65535}
