@@ -1287,6 +1287,73 @@ class EveryKeyTests(SynchronousTestCase):
         self.assertEqual(unknown, [])
 
 
+class KeyTableTests(SynchronousTestCase):
+    """
+    L{sockudo_tw.config.schema.KEYS}, the one list of keys with their
+    defaults and treatments, agrees with what the parser does.
+    """
+
+    # A value that sets each warned key in the way that is warned about.
+    WARNED_VALUES: dict[str, Any] = {
+        "logging.include_target": False,
+        "database.redis.sentinels": ["sentinel:26379"],
+    }
+
+    def test_parser_reads_the_table(self) -> None:
+        """
+        The parser reads exactly the table's keys, so L{known_keys} (the
+        README check's source) is what the parser knows.
+        """
+        from sockudo_tw.config import known_keys
+        from sockudo_tw.config.schema import KEY_TABLE
+        from sockudo_tw.config.sections import parse_tree
+
+        read: set[str] = set()
+        parse_tree({}, [], read)
+        self.assertEqual(read, set(KEY_TABLE))
+        self.assertEqual(known_keys(), frozenset(KEY_TABLE))
+
+    def test_defaults_agree(self) -> None:
+        """
+        The table's defaults, which the parser uses, are the typed objects'
+        defaults: parsing an empty tree gives L{ServerConfig}().
+        """
+        from sockudo_tw.config.sections import parse_tree
+
+        warnings: list[str] = []
+        self.assertEqual(parse_tree({}, warnings), ServerConfig())
+        self.assertEqual(warnings, [])
+
+    def test_warned(self) -> None:
+        """
+        Setting each warned key gives one warning naming it, with the
+        table's note.
+        """
+        from sockudo_tw.config.schema import KEYS, WARNED
+
+        for key in (k for k in KEYS if k.treatment == WARNED):
+            value = self.WARNED_VALUES.get(key.path, "x" if key.default is None else key.default)
+            data: dict[str, Any] = {}
+            _set(data, key.path, value)
+            warnings = parse_config(data, {}).warnings
+            self.assertIn(f"{key.path}: {key.note}", warnings)
+
+    def test_refused(self) -> None:
+        """
+        Setting each refused key to anything but its default is an error
+        naming it.
+        """
+        from sockudo_tw.config.schema import KEYS, REFUSED
+
+        for key in (k for k in KEYS if k.treatment == REFUSED):
+            value = "/prefix" if key.default is None else not key.default
+            data: dict[str, Any] = {}
+            _set(data, key.path, value)
+            with self.assertRaises(ConfigError) as caught:
+                parse_config(data, {})
+            self.assertTrue(str(caught.exception).startswith(f"{key.path}: "), caught.exception)
+
+
 class HttpLimitsTests(SynchronousTestCase):
     """
     C{http_api}: the bounds of the HTTP edge, each a key with a default.

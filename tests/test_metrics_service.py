@@ -196,10 +196,9 @@ class _Daemon(TestCase):
         """
         Learn the bound ports.
         """
-        main: Any = self.service.listeners[0]
-        metrics: Any = self.service.listeners[-1]
-        self.port = (await main._waitingForPort).getHost().port
-        self.metrics_port = (await metrics._waitingForPort).getHost().port
+        service = self.service
+        self.port = (await service.listening_port(0)).getHost().port
+        self.metrics_port = (await service.listening_port(-1)).getHost().port
 
     async def connect(self, key: str) -> tuple[_Client | None, Deferred[int | None]]:
         """

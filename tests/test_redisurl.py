@@ -261,19 +261,40 @@ class RealRedisTests(TestCase):
         self.assertEqual(reply, b"+OK\r\n+PONG\r\n")
         self.assertEqual(await self.exchange(url, b"PING\r\n"), b"")
 
-    async def test_webhook_pool(self) -> None:
+    async def test_command_link(self) -> None:
         """
-        The webhooks' txredisapi pool (the queue's path) logs in and selects
-        the URL's database over a Unix socket.
+        The one Redis client stack (the adapter's L{RedisLink}, which the
+        webhooks' queue shares) logs in and selects the URL's database over
+        a Unix socket.
         """
-        from sockudo_tw.webhooks import _redis_pool
+        from twisted.internet import reactor
 
-        pool = _redis_pool(parse_redis_url(f"unix://:s3cr%40t@{self.socket}?db=3"))
-        other = _redis_pool(parse_redis_url(f"unix://:s3cr%40t@{self.socket}?db=0"))
-        try:
-            await pool.execute_command("SET", "k", "v")
-            self.assertEqual(await pool.execute_command("GET", "k"), "v")
-            self.assertIsNone(await other.execute_command("GET", "k"))
-        finally:
-            await pool.disconnect()
-            await other.disconnect()
+        from sockudo_tw.adapters._redis_link import RedisLink
+
+        waiting: list[Deferred[None]] = []
+
+        def link(url: str) -> RedisLink:
+            address = parse_redis_url(url)
+            result = RedisLink(
+                reactor,
+                address.endpoint(reactor, timeout=5),
+                b"sockudo-tw#test",
+                lambda channel, message: None,
+                password=address.password,
+                username=address.username,
+                db=address.db,
+            )
+            ready: Deferred[None] = Deferred()
+            result.observe_command_ready(lambda: ready.called or ready.callback(None))
+            result.startService()
+            self.addCleanup(result.stopService)
+            waiting.append(ready)
+            return result
+
+        db3 = link(f"unix://:s3cr%40t@{self.socket}?db=3")
+        db0 = link(f"unix://:s3cr%40t@{self.socket}?db=0")
+        for ready in waiting:
+            await ready
+        await db3.execute_command("SET", "k", "v")
+        self.assertEqual(await db3.execute_command("GET", "k"), b"v")
+        self.assertIsNone(await db0.execute_command("GET", "k"))
