@@ -8,6 +8,11 @@ writing (C{epoll_ctl}), sends on the next reactor turn, then unregisters it
 API answers) those two system calls cost about as much as the C{send()}
 itself. L{write_now} sends at once when nothing can be overtaken and leaves
 everything else to the transport.
+
+Whether Twisted holds buffered bytes is read through
+L{sockudo_tw.compat.twisted.write_buffer_empty} (a guarded internal); when
+that guard does not recognise the installed Twisted, no socket counts as
+idle and every write goes through C{transport.write}.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.tcp import Connection
+
+from sockudo_tw.compat.twisted import write_buffer_empty
 
 __all__ = ["idle_socket", "write_now"]
 
@@ -25,17 +32,16 @@ def idle_socket(transport: Any) -> bool:
     nothing in Twisted's write buffer, so that bytes sent straight to its
     socket cannot overtake bytes Twisted holds.
 
-    Relies on L{twisted.internet.abstract.FileDescriptor}'s C{dataBuffer}
-    and C{_tempDataBuffer} (pinned by C{tests.test_write_coalescing}).
+    Twisted's write buffers are read by
+    L{sockudo_tw.compat.twisted.write_buffer_empty} (pinned by
+    C{tests.test_compat} and C{tests.test_write_coalescing}).
     """
     return bool(
         isinstance(transport, Connection)
         and not transport.TLS
         and transport.connected
         and not transport.disconnecting
-        and not transport._writeDisconnected
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer
+        and write_buffer_empty(transport)
     )
 
 

@@ -34,6 +34,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from sockudo_tw.appstores import IAppStore
+from sockudo_tw.compat.twisted import request_gone
 from sockudo_tw.config import HttpLimits
 
 __all__ = [
@@ -174,7 +175,7 @@ class HealthResource(Resource):
         """
         Send the status line, header and body, unless the client has gone.
         """
-        if request.finished or request._disconnected:
+        if request_gone(request):
             return
         request.setResponseCode(_STATUS[status])
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -367,7 +368,7 @@ class BoundedChannel(HTTPChannel):
         connection over passes its own, so the timeout does not restart.
     """
 
-    _log = Logger()
+    edge_log = Logger()
     limits: HttpLimits = HttpLimits()
     clock: IReactorTime
     head_started: float | None = None
@@ -534,7 +535,7 @@ class BoundedChannel(HTTPChannel):
             return
         self.refused = True
         self._stop_deadline()
-        self._log.debug(
+        self.edge_log.debug(
             "Refused an HTTP request from {peer}: {code} {message}",
             peer=str(self.transport.getPeer()) if self.transport is not None else None,
             code=code,

@@ -33,10 +33,15 @@ from typing import Any
 from twisted.application.service import IService, Service
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
-from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+)
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from sockudo_tw.listening import ReportingEndpoint, reporting_endpoint
 
 __all__ = ["WorkerPool", "child_arguments", "inherited_listen_descriptions"]
 
@@ -161,6 +166,7 @@ class WorkerPool(Service):
         self.reactor = reactor
         self.count = count
         self.listeners = list(listeners)
+        self._shared = [self._share(listener) for listener in self.listeners]
         self.twistd_args = list(twistd_args)
         self.environ = dict(os.environ if environ is None else environ)
         self.grace_period = grace_period
@@ -180,29 +186,19 @@ class WorkerPool(Service):
         """
         super().startService()  # type: ignore[no-untyped-call]
         self._stopping = False
-        waiting = [self._port_of(listener) for listener in self.listeners]
+        waiting = [shared.port() for shared in self._shared]
         d: Deferred[list[IListeningPort]] = gatherResults(waiting, consumeErrors=True)
         d.addCallbacks(self._listening, self._cannot_share)
 
-    def _port_of(self, listener: IService) -> Deferred[IListeningPort]:
+    @staticmethod
+    def _share(listener: IService) -> ReportingEndpoint:
         """
-        The listening port of a C{StreamServerEndpointService} once bound.
+        Wrap the endpoint of a listener before it listens, to learn its port.
         """
-        waiting: Deferred[IListeningPort] | None = getattr(listener, "_waitingForPort", None)
-        if waiting is None:
-            raise ValueError(f"{listener!r} has no listening port to share")
-        result: Deferred[IListeningPort] = Deferred()
-
-        def bound(port: IListeningPort) -> IListeningPort:
-            result.callback(port)
-            return port
-
-        def failed(f: Failure) -> Failure:
-            result.errback(f)
-            return f
-
-        waiting.addCallbacks(bound, failed)
-        return result
+        try:
+            return reporting_endpoint(listener)
+        except ValueError:
+            raise ValueError(f"{listener!r} has no listening port to share") from None
 
     def _cannot_share(self, failure: Failure) -> None:
         self.log.failure("Not starting worker processes: a listener did not bind", failure)

@@ -173,8 +173,7 @@ class _Running:
         """
         The TCP port listener C{index} is bound to.
         """
-        listener: Any = self.service.listeners[index]
-        bound = await listener._waitingForPort
+        bound = await self.service.listening_port(index)
         port: int = bound.getHost().port
         return port
 
@@ -295,7 +294,7 @@ class UnixSocketTests(TestCase):
         """
         config = _config({"unix_socket": {"enabled": True, "path": path, "permission_mode": mode}})
         running = _Running(self, make_service(config, reactor))
-        await running.service.listeners[0]._waitingForPort  # type: ignore[attr-defined]
+        await running.service.listening_port(0)
         self.assertEqual(len(running.service.listeners), 1)
         return await _http_get(UNIXClientEndpoint(reactor, path), b"/up")
 

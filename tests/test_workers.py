@@ -15,13 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import Service
 from twisted.internet import task
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
 from sockudo_tw.workers import WorkerPool, child_arguments, inherited_listen_descriptions
 
@@ -43,13 +48,24 @@ class FakePort:
         return self.sock.fileno()
 
 
-class FakeListener:
+@implementer(IStreamServerEndpoint)
+class FakeEndpoint:
     """
-    Stands in for a C{StreamServerEndpointService} whose port is bound.
+    A server endpoint whose C{listen} gives a ready port.
     """
 
     def __init__(self, port: FakePort) -> None:
-        self._waitingForPort: Deferred[FakePort] = succeed(port)
+        self.port = port
+
+    def listen(self, factory: object) -> Deferred[FakePort]:
+        return succeed(self.port)
+
+
+def fake_listener(port: FakePort) -> StreamServerEndpointService:
+    """
+    A real C{StreamServerEndpointService} on an endpoint giving C{port}.
+    """
+    return StreamServerEndpointService(FakeEndpoint(port), Factory())
 
 
 class FakeProcess:
@@ -135,15 +151,19 @@ class WorkerPoolTests(SynchronousTestCase):
             FakePort(self, IPv4Address("TCP", "127.0.0.1", 6001)),
             FakePort(self, UNIXAddress(b"/run/s.sock")),
         ]
+        listeners = [fake_listener(p) for p in ports]
         pool = WorkerPool(
             clock,
             count,
-            [FakeListener(p) for p in ports],
+            listeners,
             ["--config", "/c.json"],
             environ={"REDIS_URL": "redis://127.0.0.1:6379/0"},
             grace_period=5.0,
             spawn=spawner,
         )
+        # As the root service does: listeners bind before the pool starts.
+        for listener in listeners:
+            listener.privilegedStartService()
         return pool, spawner, clock, ports
 
     def test_children_inherit_the_sockets(self) -> None:
@@ -165,6 +185,31 @@ class WorkerPoolTests(SynchronousTestCase):
         self.assertEqual(env["METRICS_ENABLED"], "false")
         self.assertEqual(env["REDIS_URL"], "redis://127.0.0.1:6379/0")
         self.assertIn("systemd:domain=UNIX:name=l1", child.args)
+
+    def test_port_learnt_through_public_endpoint(self) -> None:
+        """
+        The pool learns each listener's port through its public C{endpoint}
+        (no Twisted internals), whether the listener binds before or after
+        the pool starts; the listener still gets its own port.
+        """
+        port = FakePort(self, IPv4Address("TCP", "127.0.0.1", 6001))
+        listener = fake_listener(port)
+        spawner = Spawner()
+        pool = WorkerPool(Clock(), 2, [listener], [], environ={}, spawn=spawner)
+        pool.startService()
+        self.assertEqual(spawner.processes, [])
+        listener.privilegedStartService()
+        self.assertEqual(len(spawner.processes), 1)
+        self.assertEqual(spawner.processes[0].kwargs["childFDs"][3], port.fileno())
+        self.assertIs(self.successResultOf(listener.endpoint.listen(Factory())), port)
+
+    def test_listener_without_endpoint_refused(self) -> None:
+        """
+        A listener that is not an endpoint service is refused by name.
+        """
+        with self.assertRaises(ValueError) as raised:
+            WorkerPool(Clock(), 2, [Service()], [], environ={})
+        self.assertIn("no listening port to share", str(raised.exception))
 
     def test_crashed_child_restarts(self) -> None:
         """
