@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 import attrs
 
 from sockudo_tw.pusher.presence import PresenceMember
+from sockudo_tw.pusher.subscriptions import SubscribeOutcome, UnsubscribeOutcome
 
 __all__ = [
     "Registry",
@@ -28,43 +29,6 @@ __all__ = [
 ]
 
 S = TypeVar("S")
-
-
-@attrs.frozen
-class SubscribeOutcome:
-    """
-    What adding a socket to a channel changed.
-
-    @ivar accepted: L{False} when a presence channel is full.
-    @ivar occupied: the channel went from no subscriber to one.
-    @ivar member_added: the presence member is a new user on the channel.
-    @ivar members: presence channels: user id -> user_info, this one included.
-    @ivar count: sockets subscribed afterwards.
-    """
-
-    accepted: bool
-    occupied: bool = False
-    member_added: bool = False
-    members: Mapping[str, Any] | None = None
-    count: int = 0
-
-
-@attrs.frozen
-class UnsubscribeOutcome:
-    """
-    What removing a socket from a channel changed.
-
-    @ivar removed: the socket was subscribed.
-    @ivar vacated: the channel has no subscriber left.
-    @ivar member_removed: the user id whose last socket left, if any.
-    @ivar count: sockets still subscribed.
-    """
-
-    channel: str
-    removed: bool
-    vacated: bool = False
-    member_removed: str | None = None
-    count: int = 0
 
 
 @attrs.frozen

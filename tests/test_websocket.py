@@ -6,10 +6,8 @@ L{StringTransport} per client and a L{Clock}).
 from __future__ import annotations
 
 import json
-import pprint
 from typing import Any
 
-import autobahn.websocket.protocol as autobahn_protocol
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -703,56 +701,3 @@ class FactoryTests(SynchronousTestCase):
         self.assertTrue(verifyObject(ILocalSocket, c.protocol))
         self.assertTrue(verifyObject(IPusherEvents, NoPusherEvents()))
         self.assertTrue(verifyObject(IPusherEvents, h.factory.observer))
-
-
-class _CountedRepr:
-    """
-    An object that records each time it is formatted.
-    """
-
-    def __init__(self) -> None:
-        self.formatted = 0
-
-    def __repr__(self) -> str:
-        self.formatted += 1
-        return "counted"
-
-    def __call__(self, offers: object) -> None:
-        """
-        Accept no compression offer (as the factory's own option does).
-        """
-
-
-class AutobahnLogFormattingTests(SynchronousTestCase):
-    """
-    Autobahn's eager debug-log formatting is made lazy (a third of the CPU
-    of each connection went to C{pformat} of its options).
-    """
-
-    def test_connection_does_not_format(self) -> None:
-        """
-        A whole connection (handshake, subscribe) formats nothing for
-        Autobahn's debug log at the default level.
-        """
-        counted = _CountedRepr()
-        h = Harness()
-        # An option Autobahn copies to every protocol and logs at debug.
-        h.factory.perMessageCompressionAccept = counted
-        c = h.connect()
-        sub(c, "lazy")
-        self.assertEqual(counted.formatted, 0)
-
-    def test_formats_when_written(self) -> None:
-        """
-        The lazy arguments still format as before when a debug event is
-        written, and C{Timings} still prints as text.
-        """
-        Harness()
-        counted = _CountedRepr()
-        lazy = autobahn_protocol.pformat([counted])
-        self.assertEqual(counted.formatted, 0)
-        self.assertEqual(f"{lazy}", pprint.pformat([counted]))
-        self.assertEqual(str(lazy), "[counted]")
-        timings = autobahn_protocol.Timings()
-        timings.track("open")
-        self.assertIn("'open'", str(timings))

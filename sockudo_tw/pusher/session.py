@@ -4,10 +4,13 @@ One Pusher connection's state machine, without I/O.
 
 The glue feeds it text frames with the current time (L{Session.receive}) and
 carries out the effects it returns: frames to send, a close, and requests to
-the adapter (subscribe, unsubscribe, client events, sign-in) whose answers
-come back through L{Session.confirm}, L{Session.refuse} and
-L{Session.signed_in}. Timers are lazy: the glue asks L{Session.next_deadline}
-and calls L{Session.tick} then; activity only moves a timestamp.
+the adapter (subscribe, unsubscribe, client events, sign-in, cache lookup)
+whose answers come back through L{Session.subscribed},
+L{Session.cache_fetched} and L{Session.signed_in}; what a subscribe or an
+unsubscribe means to the other subscribers and the observer comes back
+from them as channel effects (L{sockudo_tw.pusher.subscriptions}). Timers
+are lazy: the glue asks L{Session.next_deadline} and calls L{Session.tick}
+then; activity only moves a timestamp.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ from sockudo_tw.pusher.signing import (
     channel_string_to_sign,
     user_string_to_sign,
     verify_token,
+)
+from sockudo_tw.pusher.subscriptions import (
+    CacheMissed,
+    ChannelEffect,
+    Occupied,
+    SubscribeOutcome,
+    after_confirm,
+    member_joined,
 )
 
 __all__ = [
@@ -159,7 +170,14 @@ class SignIn:
     user: SignedInUser
 
 
-Effect = Send | Close | Ping | Subscribe | Unsubscribe | ClientEvent | SignIn | Refused
+Effect = (
+    Send | Close | Ping | Subscribe | Unsubscribe | ClientEvent | SignIn | Refused | ChannelEffect
+)
+"""
+Everything a session asks the glue to do; the channel effects
+(broadcasts, notices, count and cache requests) are in
+L{sockudo_tw.pusher.subscriptions}.
+"""
 
 
 def new_socket_id(randbelow: Callable[[int], int] = secrets.randbelow) -> str:
@@ -273,6 +291,11 @@ def _error(code: int | None, message: str) -> Send:
 class Session:
     """
     The protocol state of one accepted connection.
+
+    Over 300 lines on purpose: it is one state machine (timers, message
+    rate, subscriptions, client events, sign-in) whose parts share the
+    connection's state; the channel outcomes it hands out are built in
+    L{sockudo_tw.pusher.subscriptions}.
 
     @ivar app: the app the connection belongs to.
     @ivar socket_id: the connection's id.
@@ -601,6 +624,46 @@ class Session:
         if sub.member is not None:
             return [Send(events.subscription_succeeded(channel, members or {}))]
         return [Send(events.subscription_succeeded(channel))]
+
+    def subscribed(self, request: Subscribe, outcome: SubscribeOutcome) -> list[Effect]:
+        """
+        The adapter answered a L{Subscribe}: refuse a full presence channel
+        (4100), else the channel occupied, C{member_added} to the others for
+        a user new to it, C{subscription_succeeded}, then (unless the client
+        left meanwhile) the notice, a new subscription count and the cache
+        replay request.
+        """
+        channel = request.channel
+        if not outcome.accepted:
+            return self.refuse(
+                channel,
+                PusherErrorCode.OVER_CAPACITY,
+                f"Cannot join {channel}: the presence channel has reached its limit of "
+                f"{request.max_members} members",
+            )
+        effects: list[Effect] = []
+        if outcome.occupied:
+            effects.append(Occupied(channel))
+        member = request.member
+        if outcome.member_added and member is not None:
+            effects.extend(member_joined(channel, member.user_id, member.user_info))
+        confirmed = self.confirm(channel, outcome.members)
+        effects.extend(confirmed)
+        if not any(isinstance(effect, Unsubscribe) for effect in confirmed):
+            effects.extend(after_confirm(self.app, channel))
+        return effects
+
+    def cache_fetched(self, channel: str, cached: bytes | None) -> list[Effect]:
+        """
+        The cache lookup of a L{FetchCache} answered: replay the cached frame,
+        or C{pusher:cache_miss} when there is none; nothing if the client
+        left the channel meanwhile.
+        """
+        if self.closing or not self.is_subscribed(channel):
+            return []
+        if cached is None:
+            return [CacheMissed(channel), Send(events.cache_miss(channel))]
+        return [Send(cached)]
 
     def refuse(self, channel: str, code: int | None, message: str) -> list[Effect]:
         """

@@ -1,0 +1,44 @@
+# -*- test-case-name: tests.test_websocket_tcp -*-
+"""
+A connection's write back-pressure: the transport tells us when its buffer
+is full, and the protocol counts what it writes meanwhile (close 4100
+beyond the factory's limit).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+__all__ = ["Backpressure"]
+
+
+@implementer(IPushProducer)
+class Backpressure:
+    """
+    Registered as the transport's producer: the transport pauses it when its
+    write buffer is full, and bytes written while paused are counted.
+    """
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.buffered = 0
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's write buffer is full.
+        """
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        """
+        The transport drained its write buffer.
+        """
+        self.paused = False
+        self.buffered = 0
+
+    def stopProducing(self) -> None:
+        """
+        The transport is closing.
+        """
+        self.paused = False
