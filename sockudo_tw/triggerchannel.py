@@ -5,28 +5,29 @@ A lean HTTP/1.1 front for the API's hot path, C{POST /apps/{id}/events}.
 Server SDKs publish over keep-alive connections, one small signed JSON
 request after another. Parsing each of them with twisted.web (its line
 parser, C{Request} and C{Headers} objects, chunked response writing) cost
-more CPU than the trigger handler itself. L{TriggerChannel} is the protocol
-on every listener: it serves plain, complete trigger requests itself with
-the same handler (L{sockudo_tw.api.PusherApi.trigger}) and hands the
-connection to the C{Site}'s twisted.web channel for good at the first
-request that is anything else: a WebSocket upgrade, another route, chunked
-bodies, C{Expect}, HTTP/1.0, bare line ends, heads over 8 KiB or
-C{http_api.max_headers} fields, bodies over 256 KiB or the body limit.
-Anything unusual therefore gets twisted.web's answer (its channel,
-L{sockudo_tw.web.BoundedChannel}, refuses what is over a bound with 400,
-413 or 431), and answers to triggers are the same either way but for
-framing (this path sends C{Content-Length}, not chunks). Both paths apply
-the header, body and idle timeouts of L{sockudo_tw.config.HttpLimits}.
+more CPU than the trigger itself. L{TriggerChannel} is the protocol on every
+listener: it parses with httptools (llhttp, in C), gives each plain trigger
+to L{sockudo_tw.api.PusherApi.serve} (the sans-IO core,
+L{sockudo_tw.pusher.httpapi}) and writes the answer. At the first request
+that is anything else (a WebSocket upgrade, another route, a chunked body,
+C{Expect}, HTTP/1.0, a head over 8 KiB or C{http_api.max_headers} fields, a
+body over 256 KiB or the body limit, or whatever llhttp refuses) it hands
+the connection, with that request's bytes, to the C{Site}'s twisted.web
+channel for good, as twisted.web itself hands an upgraded connection on:
+that channel (L{sockudo_tw.web.BoundedChannel}) refuses what is over a bound
+with 400, 413 or 431 and gives upgrades to Autobahn. Answers to triggers are
+the same either way but for framing (this path sends C{Content-Length}, not
+chunks). Both paths apply the header, body and idle timeouts of
+L{sockudo_tw.config.HttpLimits}.
 """
 
 from __future__ import annotations
 
-import io
-import re
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+import httptools
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -45,17 +46,17 @@ from zope.interface import implementer
 
 from sockudo_tw.config import HttpLimits
 from sockudo_tw.directwrite import write_now
-from sockudo_tw.web import BARE_EOL as _BARE_EOL
+from sockudo_tw.pusher.httpapi import HttpRequest, HttpResponse, internal_error, is_trigger_path
 from sockudo_tw.web import REASONS, BoundedChannel, SockudoSite, error_response
 
 __all__ = [
     "MAX_BODY",
     "MAX_HEAD",
+    "Handler",
+    "Recorder",
+    "Served",
     "TriggerChannel",
     "TriggerChannelFactory",
-    "TriggerHead",
-    "TriggerRequest",
-    "parse_trigger",
 ]
 
 MAX_HEAD = 8192
@@ -70,264 +71,48 @@ The largest body served here; bigger ones go to twisted.web, which applies
 C{http_api.request_limit_in_mb}.
 """
 
-NEED_MORE = object()
+_STATUS_LINES = {
+    status: b"HTTP/1.1 %d %s\r\n" % (status, REASONS[status]) for status in (200, 400, 401, 404)
+}
 """
-L{parse_trigger}'s answer when the buffer holds the start of a trigger
-request that is not complete yet.
-"""
-
-_HEADER_LINES = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*\r\n)*")
-"""
-Header lines as RFC 9112 spells them: a token, a colon, a value. No space
-before the colon, no obsolete line folding and no bare CR or LF, which
-twisted.web may treat differently; such requests are declined.
+The status lines of the usual answers, built once.
 """
 
-_DECLINED = (b"\ntransfer-encoding:", b"\nexpect:", b"\nupgrade:")
-_PREFIX = b"POST /apps/"
+_DECLINED = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+
+Handler = Callable[[HttpRequest], "HttpResponse | Deferred[HttpResponse]"]
+"""
+Answers one trigger, now or later: L{sockudo_tw.api.PusherApi.serve}.
+"""
 
 
-class TriggerHead:
+class Served:
     """
-    One trigger request, as parsed by L{parse_trigger} (a plain slotted
-    class: built once per request, where attrs' frozen classes cost a
-    measurable share).
-
-    @ivar uri: the request target (path and query), as sent.
-    @ivar app_id: the C{{id}} path segment, decoded.
-    @ivar headers: the header lines as sent, each after a C{\\r\\n}.
-    @ivar body: the body, exactly C{Content-Length} bytes (empty until the
-        whole request is there).
-    @ivar keep_alive: whether the connection stays open after the answer.
-    @ivar start: where the body starts in the buffer.
-    @ivar size: bytes of the buffer this request uses.
+    What the metrics recorder is told of a served trigger: the parts of
+    the request it reads (C{path}, C{args}) and C{sentLength}, the body
+    bytes answered (twisted.web's names).
     """
 
-    __slots__ = ("_lower", "app_id", "body", "headers", "keep_alive", "size", "start", "uri")
+    __slots__ = ("args", "code", "path", "sentLength")
 
-    def __init__(
-        self,
-        uri: bytes,
-        app_id: str,
-        headers: bytes,
-        lower: bytes,
-        keep_alive: bool,
-        start: int,
-        size: int,
-    ) -> None:
-        self.uri = uri
-        self.app_id = app_id
-        self.headers = headers
-        self._lower = lower
-        self.keep_alive = keep_alive
-        self.start = start
-        self.size = size
-        self.body = b""
-
-    def header(self, name: bytes) -> bytes | None:
-        """
-        The last value of header C{name} (any case), as sent, or L{None}.
-        """
-        at = self._lower.rfind(b"\n" + name.lower() + b":")
-        if at < 0:
-            return None
-        start = at + len(name) + 2
-        return self.headers[start : self.headers.index(b"\r", start)].strip(b" \t")
-
-
-def _keep_alive(lower: bytes) -> bool:
-    """
-    Whether no C{Connection} header of the lower-cased C{lower} header lines
-    has the C{close} option (RFC 9110 section 7.6.1: every such header, each
-    a comma-separated list).
-    """
-    at = lower.find(b"\nconnection:")
-    while at >= 0:
-        end = lower.index(b"\r", at)
-        for option in lower[at + 12 : end].split(b","):
-            if option.strip(b" \t") == b"close":
-                return False
-        at = lower.find(b"\nconnection:", end)
-    return True
-
-
-def _parse_head(
-    buffer: bytes | bytearray, end: int, max_body: int, max_headers: int
-) -> TriggerHead | None:
-    """
-    The trigger head ending (before its blank line) at C{end} of C{buffer},
-    or L{None} if this path does not serve it.
-    """
-    line_end = buffer.index(b"\r\n")
-    request_line = bytes(buffer[:line_end]).split(b" ")
-    if len(request_line) != 3 or request_line[2] != b"HTTP/1.1":
-        return None
-    uri = request_line[1]
-    path = uri.partition(b"?")[0]
-    segments = path.split(b"/")
-    # b"/apps/{id}/events" splits into ["", "apps", id, "events"]; a "%" may
-    # hide a "/" or spell a segment differently, so twisted.web decides.
-    if len(segments) != 4 or segments[3] != b"events" or not segments[2] or b"%" in path:
-        return None
-    try:
-        app_id = segments[2].decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    block = bytes(buffer[line_end + 2 : end + 2])
-    if _HEADER_LINES.fullmatch(block) is None or block.count(b"\n") > max_headers:
-        return None
-    headers = b"\r\n" + block
-    lower = headers.lower()
-    for declined in _DECLINED:
-        if declined in lower:
-            return None
-    at = lower.find(b"\ncontent-length:")
-    if at < 0 or lower.find(b"\ncontent-length:", at + 1) >= 0:
-        return None
-    value = lower[at + 16 : lower.index(b"\r", at + 16)].strip(b" \t")
-    if not value.isdigit() or len(value) > 18:
-        return None  # twisted.web's channel answers 400 or 413
-    length = int(value)
-    if length > max_body:
-        return None
-    start = end + 4
-    return TriggerHead(uri, app_id, headers, lower, _keep_alive(lower), start, start + length)
-
-
-def parse_trigger(
-    buffer: bytes | bytearray, max_body: int = MAX_BODY, max_headers: int = 100
-) -> TriggerHead | object | None:
-    """
-    Parse the request at the start of C{buffer} if it is a plain trigger.
-
-    @param max_body: the largest body served; a larger one is declined.
-    @param max_headers: the most header fields served; more are declined.
-    @return: a L{TriggerHead} with its body when a whole trigger request is
-        there, L{NEED_MORE} when what is there could still become one, and
-        L{None} for anything this path does not serve (twisted.web must
-        take it).
-    """
-    if not buffer.startswith(_PREFIX):
-        return NEED_MORE if _PREFIX.startswith(buffer) else None
-    end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD)
-    if end < 0:
-        return None if len(buffer) >= MAX_HEAD else NEED_MORE
-    head = _parse_head(buffer, end, max_body, max_headers)
-    if head is None:
-        return None
-    if len(buffer) < head.size:
-        return NEED_MORE
-    head.body = bytes(buffer[head.start : head.size])
-    return head
-
-
-class TriggerRequest:
-    """
-    The part of twisted.web's C{IRequest} the trigger handler uses, with the
-    answer collected for L{TriggerChannel} to write in one piece.
-
-    @ivar code: the response status.
-    @ivar response_headers: response headers in the order set.
-    @ivar finished: set once the answer is complete.
-    @ivar sentLength: body bytes of the answer (twisted.web's name, read by
-        the API metrics).
-    """
-
-    method = b"POST"
-    args: ClassVar[dict[bytes, list[bytes]]] = {}
-
-    def __init__(self, head: TriggerHead) -> None:
-        self.uri = head.uri
-        self.path = head.uri.partition(b"?")[0]
-        self.content = io.BytesIO(head.body)
-        self._head = head
-        self.code = 200
-        self.response_headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
-        self.finished = False
-        self._disconnected = False
-        self.sentLength = 0
-        self._on_finish: Callable[[TriggerRequest], None] | None = None
-        self._finish_waiters: list[Deferred[None]] = []
-
-    def getHeader(self, name: bytes) -> bytes | None:  # noqa: N802 (IRequest's name)
-        """
-        A request header's last value, or L{None}.
-        """
-        return self._head.header(name)
-
-    def setHeader(self, name: bytes, value: bytes) -> None:  # noqa: N802 (IRequest's name)
-        """
-        Set a response header, replacing an earlier value.
-        """
-        lower = name.lower()
-        self.response_headers = [h for h in self.response_headers if h[0].lower() != lower]
-        self.response_headers.append((name, value))
-
-    def setResponseCode(self, code: int) -> None:  # noqa: N802 (IRequest's name)
-        """
-        Set the response status.
-        """
+    def __init__(self, path: bytes, code: int, sent: int) -> None:
+        self.path = path
+        self.args: dict[bytes, list[bytes]] = {}
         self.code = code
+        self.sentLength = sent
 
-    def write(self, data: bytes) -> None:
-        """
-        Add to the response body.
-        """
-        if self.finished:
-            raise RuntimeError("TriggerRequest.write called after finish")
-        self.body.append(data)
-        self.sentLength += len(data)
-
-    def finish(self) -> None:
-        """
-        Complete the answer; the channel writes it.
-        """
-        if self.finished:
-            raise RuntimeError("TriggerRequest.finish called twice")
-        self.finished = True
-        if self._on_finish is not None and not self._disconnected:
-            self._on_finish(self)
-        self._fire(None)
-
-    def notifyFinish(self) -> Deferred[None]:  # noqa: N802 (IRequest's name)
-        """
-        A Deferred fired when the answer is complete, failed if the client
-        goes first.
-        """
-        if self.finished:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._finish_waiters.append(d)
-        return d
-
-    def connection_lost(self, reason: Failure) -> None:
-        """
-        The client went before the answer was complete.
-        """
-        self._disconnected = True
-        self._fire(reason)
-
-    def _fire(self, result: Failure | None) -> None:
-        waiters, self._finish_waiters = self._finish_waiters, []
-        for d in waiters:
-            if result is None:
-                d.callback(None)
-            else:
-                d.errback(result)
-
-
-Handler = Callable[[TriggerRequest, str], Any]
-"""
-Serves one trigger: given the request and the app id, writes the answer
-(possibly later) and finishes it, as L{sockudo_tw.api.PusherApi.render_trigger}.
-"""
 
 Recorder = Callable[[Any, float, int], None]
 """
-Counts one served call for metrics: the request, when it started, and the
+Counts one served call for metrics: a L{Served}, when it started, and the
 body size received.
 """
+
+
+class _HandOverError(Exception):
+    """
+    Raised in a parser callback: this request is twisted.web's.
+    """
 
 
 @implementer(IProtocolNegotiationFactory)
@@ -337,7 +122,7 @@ class TriggerChannelFactory(Factory):
     that fall back on C{site}'s channels.
 
     @param site: the C{Site} serving everything but plain triggers.
-    @param handler: serves a trigger (L{sockudo_tw.api.PusherApi.render_trigger}).
+    @param handler: answers a trigger (L{sockudo_tw.api.PusherApi.serve}).
     @param clock: for the timeouts and response dates.
     @param recorder: counts served triggers for metrics, if any.
     @param limits: the bounds of the HTTP edge (the C{Site}'s by default).
@@ -421,8 +206,11 @@ class TriggerChannel(Protocol):
     connection idle C{idle_timeout_seconds} between requests is closed. One
     timer per connection, looked at when it fires (no timer is reset per
     request), and moved earlier only when a request arrives in pieces.
-    Received bytes go to a C{bytearray} and the end of a head is searched
-    only in what is new, so any split of a request costs linear time.
+
+    The bytes of the request being parsed are kept (C{_raw}, appended in
+    linear time) so that a hand-over gives twisted.web the request whole;
+    answers are written in the order of requests, reading nothing while
+    one waits on a remote store.
     """
 
     _log = Logger()
@@ -430,10 +218,24 @@ class TriggerChannel(Protocol):
     def __init__(self, factory: TriggerChannelFactory, addr: IAddress | None) -> None:
         self._factory = factory
         self._addr = addr
-        self._buffer: bytes | bytearray = b""
-        self._scanned = 0
-        self._pending: TriggerHead | None = None
-        self._waiting: TriggerRequest | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._max_headers = factory.limits.max_headers
+        host = getattr(addr, "host", None)
+        self._peer = host if isinstance(host, str) else None
+        self._raw = bytearray()
+        # The request being parsed (one at a time, so its state lives here
+        # and the only object built per request is its HttpRequest).
+        self._parsing = False
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._fields = 0
+        self._close = False
+        self._length = 0
+        self._head = 0
+        self._ready: list[HttpRequest] = []
+        self._last: HttpRequest | None = None  # asked to close after it
+        self._waiting = False
+        self._hand_over_due = False
         self._paused = False
         self._closing = False
         self._timer: IDelayedCall | None = None
@@ -455,160 +257,212 @@ class TriggerChannel(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         """
-        Serve whole trigger requests; hand anything else to twisted.web.
+        Parse; serve the complete triggers, or hand over to twisted.web.
         """
-        if self._closing:
-            return  # the client asked to close; nothing more is served
-        buffer = self._buffer
-        if not buffer:
-            self._buffer = data  # the usual case: parsed without a copy
-        elif isinstance(buffer, bytearray):
-            buffer += data
+        if self._closing or self._hand_over_due:
+            return
+        self._raw += data
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserCallbackError, httptools.HttpParserError):
+            # Ours (_HandOverError) or llhttp's refusal: twisted.web's answer.
+            self._hand_over_due = True
         else:
-            self._buffer = buffer + data  # becomes a bytearray below
+            if self._parsing and self._head_done is None:
+                if len(self._raw) > self._factory.max_head:
+                    self._hand_over_due = True
         self._serve()
-        self._partial()
+        if not self._closing and not self._hand_over_due and self._raw and not self._waiting:
+            if self._head_started is None:
+                self._head_started = self._factory.clock.seconds()
+            self._arm()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
-        Stop the timer and tell a request still being answered (its handler
-        then stops waiting, as it does under twisted.web).
+        Stop the timer and an answer still awaited.
         """
         self._stop_timer()
-        self._buffer = b""
-        self._pending = None
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.connection_lost(reason)
+        self._raw = bytearray()
+        self._ready = []
+        self._closing = True
+        self._lost = True
+        waiting, self._waiting = self._waiting, False
+        if waiting and self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.cancel()
+            recorder = self._factory.recorder
+            if recorder is not None and self._pending_call is not None:
+                path, started, size = self._pending_call
+                recorder(Served(path, 0, 0), started, size)
+
+    _pending: Deferred[HttpResponse] | None = None
+    _lost = False
+    _pending_call: tuple[bytes, float, int] | None = None
+
+    # -- httptools callbacks --------------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        """
+        The request target, possibly in pieces; the method is known here,
+        and anything but C{POST} is twisted.web's.
+        """
+        if not self._parsing:
+            # The first callback of a request (httptools calls no
+            # on_message_begin we do not define: one call less per request).
+            if self._parser.get_method() != b"POST":
+                raise _HandOverError()  # a WebSocket upgrade, a read, a health check
+            self._parsing = True
+            self._url = url
+            self._headers = {}
+            self._fields = 0
+            self._close = False
+            if self._head_started is None:
+                self._head_started = self._factory.clock.seconds()
+        else:
+            self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """
+        One header field: names lower-cased, values as sent, the last of a
+        name kept; fields this front does not serve hand over.
+        """
+        lower = name.lower()
+        self._fields += 1
+        if lower in _DECLINED or self._fields > self._max_headers:
+            raise _HandOverError()
+        if lower == b"connection":
+            # RFC 9110 section 7.6.1: every such field, a comma-separated list.
+            for option in value.split(b","):
+                if option.strip(b" \t").lower() == b"close":
+                    self._close = True
+        self._headers[lower] = value
+
+    def on_headers_complete(self) -> None:
+        """
+        Serve the request here only if it is a plain HTTP/1.1 trigger with
+        a C{Content-Length} body within bounds.
+        """
+        raw = self._raw
+        url = self._url
+        length = self._headers.get(b"content-length", b"")
+        self._head = raw.find(b"\r\n\r\n") + 4
+        if (
+            not length.isdigit()
+            or len(length) > 18
+            or self._head > self._factory.max_head
+            # HTTP/1.1 only; and what llhttp lets pass but RFC 9112 spells
+            # otherwise (twisted.web refuses it): anything but single spaces.
+            or not raw.startswith(b"POST /apps/")
+            or not raw.startswith(b" HTTP/1.1\r\n", 5 + len(url))
+            or not is_trigger_path(url.partition(b"?")[0])
+        ):
+            raise _HandOverError()
+        size = self._length = int(length)
+        if size > self._factory.max_body:
+            raise _HandOverError()
+        if size:
+            self._head_done = self._factory.clock.seconds()
+
+    def on_message_complete(self) -> None:
+        """
+        The request is whole: drop its bytes and queue it to be served.
+        """
+        self._parsing = False
+        # The request's bytes: its head, through the blank line, and body
+        # (taken from there: no on_body callback per piece).
+        head = self._head
+        end = head + self._length
+        path, _, query = self._url.partition(b"?")
+        request = HttpRequest(
+            b"POST", path, query, self._headers, bytes(self._raw[head:end]), self._peer
+        )
+        del self._raw[:end]  # amortised O(1) at the front
+        self._ready.append(request)
+        if self._close:
+            self._last = request
+        self._head_started = self._head_done = None
 
     # -- serving --------------------------------------------------------------
 
     def _serve(self) -> None:
         """
-        Serve the buffered requests in order until one is incomplete, is
-        still being answered, or is not for this path.
+        Answer the complete requests in order while answers come at once;
+        then hand over if a request was twisted.web's.
         """
-        factory = self._factory
-        while self._buffer and self._waiting is None and not self._closing:
-            buffer = self._buffer
-            head = self._pending
-            if head is None:
-                if not buffer.startswith(_PREFIX):
-                    if not _PREFIX.startswith(buffer):
-                        self._hand_over()
-                    return
-                # Only what is new can hold the end of the head.
-                end = buffer.find(b"\r\n\r\n", max(self._scanned - 3, 0), factory.max_head)
-                if end < 0:
-                    # A head too long, or with a bare line end (which would
-                    # never end it here): twisted.web's channel refuses it.
-                    bare = _BARE_EOL.search(buffer, max(self._scanned - 1, 0))
-                    if len(buffer) >= factory.max_head or bare is not None:
-                        self._hand_over()
-                    else:
-                        self._scanned = len(buffer)
-                    return
-                head = _parse_head(buffer, end, factory.max_body, factory.limits.max_headers)
-                if head is None:
-                    self._hand_over()
-                    return
-                self._pending = head
-            if len(buffer) < head.size:
-                if self._head_done is None:
-                    self._head_done = factory.clock.seconds()
-                return
-            head.body = bytes(buffer[head.start : head.size])
-            if len(buffer) == head.size:
-                self._buffer = b""
-            elif isinstance(buffer, bytearray):
-                del buffer[: head.size]  # amortised O(1) at the front
-            else:
-                self._buffer = bytearray(memoryview(buffer)[head.size :])
-            self._pending = None
-            self._scanned = 0
-            self._head_done = None
-            self._head_started = None
-            self._handle(head)
-
-    def _partial(self) -> None:
-        """
-        After serving: a request still coming is kept in a C{bytearray} (so
-        the rest appends in linear time) and its head's deadline starts now
-        if it has not, which may move the timer earlier.
-        """
-        buffer = self._buffer
-        if not buffer or self._waiting is not None or self._closing:
-            return
-        if not isinstance(buffer, bytearray):
-            self._buffer = bytearray(buffer)
-        if self._head_started is None:
-            self._head_started = self._factory.clock.seconds()
-        self._arm()
-
-    def _handle(self, head: TriggerHead) -> None:
-        """
-        Run the trigger handler for one request.
-        """
-        request = TriggerRequest(head)
-        request._on_finish = self._answer
-        if not head.keep_alive:
-            self._closing = True
-        self._waiting = request
-        started = self._factory.clock.seconds()
-        recorder = self._factory.recorder
-        if recorder is not None:
-            finished = request.notifyFinish()
-            finished.addBoth(lambda _: recorder(request, started, len(head.body)))
-        try:
-            self._factory.handler(request, head.app_id)
-        except Exception:
-            self._log.failure("Serving a trigger failed")
-            self._waiting = None
-            self._closing = True
-            transport: Any = self.transport
-            transport.abortConnection()
-            return
-        if self._waiting is request:
-            # Answered later (a remote app store): read nothing meanwhile, so
-            # answers keep the order of requests.
+        while self._ready and not self._waiting and not self._closing:
+            request = self._ready.pop(0)
+            if request is self._last:
+                self._closing = True
+                self._ready = []
+            path = request.path
+            body = request.body
+            # The start time is only for metrics.
+            started = self._factory.clock.seconds() if self._factory.recorder else 0.0
+            try:
+                answer = self._factory.handler(request)
+            except Exception:
+                self._log.failure("Serving a trigger failed")
+                answer = internal_error()
+            if isinstance(answer, HttpResponse):
+                self._answer(answer, path, started, len(body))
+                continue
+            # Answered later (a remote app store): read nothing meanwhile,
+            # so answers keep the order of requests.
+            self._waiting = True
+            self._pending = answer
+            self._pending_call = (path, started, len(body))
             self._paused = True
             IPushProducer(self.transport).pauseProducing()
+            answer.addCallback(self._answered_later, path, started, len(body))
+            answer.addErrback(lambda f: self._log.failure("Answering a trigger failed", f))
+            return
+        if self._hand_over_due and not self._waiting and not self._closing:
+            self._hand_over()
 
-    def _answer(self, request: TriggerRequest) -> None:
+    def _answered_later(
+        self, response: HttpResponse, path: bytes, started: float, size: int
+    ) -> None:
+        self._waiting = False
+        self._pending = None
+        if self._lost:
+            return
+        self._answer(response, path, started, size)
+        if self._paused and not self._closing:
+            self._paused = False
+            IPushProducer(self.transport).resumeProducing()
+            self._serve()
+
+    def _answer(self, response: HttpResponse, path: bytes, started: float, received: int) -> None:
         """
-        Write a finished request's answer, then go on with the next one.
+        Write one answer with its framing; close after it if asked to.
         """
-        self._waiting = None
         self._last_active = self._factory.clock.seconds()
-        body = b"".join(request.body)
-        reason = REASONS.get(request.code, b"Unknown Status")
-        lines = [b"HTTP/1.1 %d %s" % (request.code, reason)]
-        for name, value in request.response_headers:
-            lines.append(name + b": " + value)
-        lines.append(b"Content-Length: %d" % (len(body),))
-        lines.append(b"Date: " + self._factory.date())
+        body = response.body
+        status = response.status
+        head = _STATUS_LINES.get(status)
+        if head is None:
+            head = b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Unknown"))
+        for name, value in response.headers:
+            head += name + b": " + value + b"\r\n"
+        head += b"Content-Length: %d\r\nDate: %s\r\n" % (len(body), self._factory.date())
         if self._closing:
-            lines.append(b"Connection: close")
-        lines.append(b"\r\n")
+            head += b"Connection: close\r\n"
         transport: Any = self.transport
-        write_now(transport, b"\r\n".join(lines) + body)
+        write_now(transport, head + b"\r\n" + body)
+        recorder = self._factory.recorder
+        if recorder is not None:
+            recorder(Served(path, response.status, len(body)), started, received)
         if self._closing:
             transport.loseConnection()
-            return
-        if self._paused:
-            # The answer came later: read again and serve what is buffered.
-            self._paused = False
-            IPushProducer(transport).resumeProducing()
-            self._serve()
-            self._partial()
 
     def _hand_over(self) -> None:
         """
-        Give the connection and what is buffered to a twisted.web channel
-        from the C{Site}; this channel is done. The head's timeout goes on
-        from when this request started.
+        Give the connection and the current request's bytes to a
+        twisted.web channel from the C{Site}; this channel is done. The
+        head's timeout goes on from when this request started.
         """
         self._stop_timer()
+        self._closing = True
         channel = self._factory.site.buildProtocol(self._addr)  # type: ignore[no-untyped-call]
         assert channel is not None
         if isinstance(channel, BoundedChannel):
@@ -619,8 +473,10 @@ class TriggerChannel(Protocol):
         else:
             transport.protocol = channel
         channel.makeConnection(transport)
-        buffered, self._buffer = bytes(self._buffer), b""
-        self._pending = None
+        buffered, self._raw = bytes(self._raw), bytearray()
+        if self._paused:
+            self._paused = False
+            IPushProducer(transport).resumeProducing()
         channel.dataReceived(buffered)
 
     # -- timeouts -------------------------------------------------------------
@@ -631,7 +487,7 @@ class TriggerChannel(Protocol):
         C{"headers"} or C{"body"} (408) or C{"idle"}; L{None} while a
         request is being answered.
         """
-        if self._waiting is not None:
+        if self._waiting:
             return None
         limits = self._factory.limits
         if self._head_done is not None:
@@ -676,7 +532,7 @@ class TriggerChannel(Protocol):
             return
         transport: Any = self.transport
         self._closing = True
-        if why != "idle" and self._buffer:
+        if why != "idle" and self._raw:
             limits = self._factory.limits
             seconds = (
                 limits.header_timeout_seconds if why == "headers" else limits.body_timeout_seconds

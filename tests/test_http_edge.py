@@ -28,12 +28,10 @@ from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyChannel
 
 from sockudo_tw.config import HttpLimits, parse_config
+from sockudo_tw.pusher.httpapi import HttpRequest, HttpResponse
 from sockudo_tw.service import make_service
 from sockudo_tw.triggerchannel import (
     TriggerChannelFactory,
-    TriggerHead,
-    TriggerRequest,
-    parse_trigger,
 )
 from sockudo_tw.web import BoundedChannel, BoundedRequest, make_site
 from tests.test_triggerchannel import (
@@ -460,17 +458,26 @@ class SemanticsTests(EdgeMixin, SynchronousTestCase):
 
     def test_header_case_kept(self) -> None:
         """
-        The fast path finds header names in any case and returns values as
-        sent.
+        The fast path finds header names in any case and gives the core
+        values as sent.
         """
-        head = parse_trigger(
+        seen: list[HttpRequest] = []
+
+        def capture(request: HttpRequest) -> HttpResponse:
+            seen.append(request)
+            return HttpResponse(200, [], b"{}")
+
+        factory = TriggerChannelFactory(self.site, capture, self.clock)
+        channel = factory.buildProtocol(ADDRESS)
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(
             signed_trigger(b"{}", headers=(b"X-Mixed: AbC dEf", b"ORIGIN: https://Ex.COM"))
         )
-        assert isinstance(head, TriggerHead)
-        request = TriggerRequest(head)
-        self.assertEqual(request.getHeader(b"x-mixed"), b"AbC dEf")
-        self.assertEqual(request.getHeader(b"Origin"), b"https://Ex.COM")
-        self.assertEqual(request.getHeader(b"content-type"), b"application/json")
+        (request,) = seen
+        self.assertEqual(request.headers[b"x-mixed"], b"AbC dEf")
+        self.assertEqual(request.headers[b"origin"], b"https://Ex.COM")
+        self.assertEqual(request.headers[b"content-type"], b"application/json")
+        channel.connectionLost(Failure(ConnectionDone()))
 
     def test_connection_options(self) -> None:
         """
@@ -502,9 +509,8 @@ class SemanticsTests(EdgeMixin, SynchronousTestCase):
         429 is "Too Many Requests" on both paths.
         """
 
-        def limited(request: TriggerRequest, app_id: str) -> None:
-            request.setResponseCode(429)
-            request.finish()
+        def limited(request: HttpRequest) -> HttpResponse:
+            return HttpResponse(429, [], b"")
 
         factory = TriggerChannelFactory(self.site, limited, self.clock)
         channel = factory.buildProtocol(ADDRESS)
@@ -621,8 +627,7 @@ class SlowlorisTests(TestCase):
         service = make_service(config, reactor, listen=["tcp:0:interface=127.0.0.1"])
         service.startService()
         self.addCleanup(service.stopService)
-        listener: Any = service.listeners[0]
-        port = (await listener._waitingForPort).getHost().port
+        port = (await service.listening_port(0)).getHost().port
         halves = [b"POST /apps/app-id/events HTTP/1.1\r\nHost: x\r\n", b"GET /up HTTP/1.1\r\nX: "]
         sockets = []
         for i in range(200):

@@ -1,21 +1,27 @@
 """
 App stores (Sockudo's "app manager"): where apps are looked up by id or key.
 
-L{IAppStore} is the seam; L{MemoryAppStore} serves apps from config and is
+L{IAppStore} is the seam; one module per driver, chosen by name in
+L{DRIVERS}. L{MemoryAppStore} (C{memory.py}) serves apps from config and is
 what single-node mode and the tests use. SQL and DynamoDB stores plug in
-behind the same interface.
+behind the same interface, as a module and a L{DRIVERS} entry each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from twisted.internet.defer import Deferred, succeed
-from zope.interface import Interface, implementer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import Interface
 
 from sockudo_tw.pusher.app import App
 
-__all__ = ["IAppStore", "MemoryAppStore"]
+if TYPE_CHECKING:
+    from sockudo_tw.config import ServerConfig
+
+__all__ = ["DRIVERS", "IAppStore", "ISyncAppLookup", "MemoryAppStore", "build_app_store"]
 
 
 class IAppStore(Interface):
@@ -39,33 +45,42 @@ class IAppStore(Interface):
         """
 
 
-@implementer(IAppStore)
-class MemoryAppStore:
+class ISyncAppLookup(Interface):
     """
-    Apps held in memory, indexed by id and by key.
+    An app store that holds its apps at hand (in memory) and can answer a
+    lookup by id without a Deferred: the HTTP API's driver uses it, when
+    the store provides it, to spare the trigger path a Deferred per
+    request. Stores that must ask a remote service provide only
+    L{IAppStore}.
     """
 
-    def __init__(self, apps: Iterable[App] = ()) -> None:
-        self._by_id: dict[str, App] = {}
-        self._by_key: dict[str, App] = {}
-        for app in apps:
-            self.add(app)
-
-    def add(self, app: App) -> None:
+    def find_now(app_id: str) -> App | None:
         """
-        Add or replace an app.
+        The app with this id, or L{None}, at once.
         """
-        old = self._by_id.pop(app.id, None)
-        if old is not None:
-            self._by_key.pop(old.key, None)
-        self._by_id[app.id] = app
-        self._by_key[app.key] = app
 
-    def find_by_id(self, app_id: str) -> Deferred[App | None]:
-        return succeed(self._by_id.get(app_id))
 
-    def find_by_key(self, key: str) -> Deferred[App | None]:
-        return succeed(self._by_key.get(key))
+AppStoreFactory = Callable[["ServerConfig", IReactorTime], IAppStore]
 
-    def all_apps(self) -> Deferred[list[App]]:
-        return succeed(list(self._by_id.values()))
+
+def _memory(config: ServerConfig, reactor: IReactorTime) -> IAppStore:
+    from sockudo_tw.appstores.memory import MemoryAppStore
+
+    return MemoryAppStore(config.app_manager.apps)
+
+
+DRIVERS: dict[str, AppStoreFactory] = {"memory": _memory}
+"""
+C{app_manager.driver} to the factory building the store from the config;
+the config refuses the drivers sockudo-tw does not implement.
+"""
+
+
+def build_app_store(config: ServerConfig, reactor: IReactorTime) -> IAppStore:
+    """
+    The app store C{app_manager.driver} names.
+    """
+    return DRIVERS[config.app_manager.driver](config, reactor)
+
+
+from sockudo_tw.appstores.memory import MemoryAppStore  # noqa: E402 (needs IAppStore)
