@@ -9,10 +9,12 @@ listener per strports description, and an ordered graceful shutdown.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -20,8 +22,8 @@ from klein import Klein
 from prometheus_client import CollectorRegistry
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError
-from twisted.internet.interfaces import IProtocolFactory, IReactorTime
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorTime
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
@@ -29,11 +31,12 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from sockudo_tw.adapters import IAdapter
-from sockudo_tw.appstores import IAppStore, MemoryAppStore
-from sockudo_tw.caches import IChannelCache, MemoryChannelCache
-from sockudo_tw.config import RateLimit, ServerConfig
+from sockudo_tw.adapters import IAdapter, build_adapter
+from sockudo_tw.appstores import IAppStore, build_app_store
+from sockudo_tw.caches import IChannelCache, build_cache
+from sockudo_tw.config import ConfigError, RateLimit, ServerConfig
 from sockudo_tw.hooks import IPusherEvents
+from sockudo_tw.listening import reporting_endpoint
 from sockudo_tw.logs import StartupSummary
 from sockudo_tw.metrics import (
     GLOBAL_APP,
@@ -46,26 +49,41 @@ from sockudo_tw.metrics import (
     metrics_site,
     open_connections,
 )
+from sockudo_tw.queues import IJobQueue, RedisCommands
+from sockudo_tw.ratelimit import IRateLimiter, build_rate_limiter
+from sockudo_tw.redisurl import RedisUrl, parse_redis_url
 from sockudo_tw.registry import Registry
 from sockudo_tw.triggerchannel import Recorder, TriggerChannelFactory
 from sockudo_tw.web import (
-    HealthCheck,
     HealthResource,
     Lifecycle,
     RedirectToHttps,
     RootResource,
-    always_healthy,
     make_site,
 )
-from sockudo_tw.webhooks import build_webhooks
+from sockudo_tw.webhooks import (
+    IPendingLeaves,
+    IWebhookMetrics,
+    MemoryPendingLeaves,
+    NullWebhookEvents,
+    RedisPendingLeaves,
+    WebhookEvents,
+    WebhookSender,
+    WebhookService,
+    WebhookSettings,
+    validate_webhook_targets,
+)
 
 if TYPE_CHECKING:
+    from sockudo_tw.adapters._redis_link import RedisLink
     from sockudo_tw.api import PusherApi
 
 __all__ = [
     "CloseConnections",
     "SockudoService",
     "WebSocketPart",
+    "WebhookParts",
+    "build_webhooks",
     "config_listeners",
     "escape_strport",
     "make_service",
@@ -174,7 +192,7 @@ def _websocket_resource(
     if config.rate_limiter.enabled:
         resource = _ip_limited(
             resource,
-            reactor,
+            build_rate_limiter(config, reactor),
             config.rate_limiter.websocket_rate_limit,
             metrics,
             "websocket_upgrade",
@@ -205,12 +223,11 @@ def _api_resource(
         without the resource (no IP limiter stands in front of it).
     """
     from sockudo_tw.api import PusherApi
-    from sockudo_tw.ratelimit import MemoryRateLimiter
 
     if adapter is None:
         stub: IResource = Klein().resource()
         return stub, None
-    limiter = MemoryRateLimiter(reactor)
+    limiter = build_rate_limiter(config, reactor)
     api = PusherApi(
         clock=reactor,
         app_store=app_store,
@@ -227,30 +244,29 @@ def _api_resource(
     if not config.rate_limiter.enabled:
         return resource, api
     limited = _ip_limited(
-        resource, reactor, config.rate_limiter.api_rate_limit, metrics, "http_api"
+        resource,
+        build_rate_limiter(config, reactor),
+        config.rate_limiter.api_rate_limit,
+        metrics,
+        "http_api",
     )
     return limited, None
 
 
 def _ip_limited(
     resource: IResource,
-    reactor: Any,
+    ip_limiter: IRateLimiter,
     rule: RateLimit,
     metrics: PusherMetrics | None,
     request_context: str,
 ) -> IResource:
     """
-    Wrap C{resource} in a per-client-IP limiter (memory backend) for C{rule},
-    its checks counted under Sockudo's C{api_rate_limit} limiter type.
+    Wrap C{resource} in a per-client-IP limiter (C{rate_limiter.driver})
+    for C{rule}, its checks counted under Sockudo's C{api_rate_limit}
+    limiter type.
     """
-    from sockudo_tw.ratelimit import (
-        IRateLimiter,
-        MemoryRateLimiter,
-        RateLimitedResource,
-        RateLimitRule,
-    )
+    from sockudo_tw.ratelimit import RateLimitedResource, RateLimitRule
 
-    ip_limiter: IRateLimiter = MemoryRateLimiter(reactor)
     if metrics is not None:
         ip_limiter = MeteredRateLimiter(
             ip_limiter, metrics.app(GLOBAL_APP), "api_rate_limit", request_context
@@ -284,23 +300,167 @@ class _Observers:
         return each
 
 
-def _adapter(
-    config: ServerConfig, reactor: Any, observer: IPusherEvents | None = None
-) -> tuple[IAdapter | None, HealthCheck]:
+@attrs.frozen
+class WebhookParts:
     """
-    Build the adapter and its health check (owned by the adapter work; the
-    local adapter until a cluster adapter is configured).
-    """
-    from sockudo_tw.adapters.local import LocalAdapter
+    Webhook delivery as the composition root wires it.
 
+    @ivar events: the sink to report transitions to (a L{NullWebhookEvents}
+        when C{queue.driver} is C{none}); it is a full L{IPusherEvents}.
+    @ivar service: start with the daemon; stop it after clients are closed
+        (it sends held leaves at once), before L{close}.
+    @ivar close: closes the Redis connections and the HTTP pool, last.
+    """
+
+    events: IPusherEvents
+    service: WebhookService | None
+    close: Callable[[], Deferred[None]]
+
+
+class _RedisConnections:
+    """
+    The webhooks' Redis connections: one L{RedisLink} per server (the Redis
+    adapter's client stack), shared by the queue and the held leaves when
+    their URLs name the same server.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self.links: dict[RedisUrl, RedisLink] = {}
+
+    def __call__(self, url: str) -> RedisLink:
+        from sockudo_tw.adapters._redis_link import RedisLink
+
+        address = parse_redis_url(url)
+        link = self.links.get(address)
+        if link is None:
+            link = self.links[address] = RedisLink(
+                self._reactor,
+                address.endpoint(self._reactor, timeout=5),
+                # Subscribed to, never published on: these links carry
+                # commands only.
+                b"sockudo-tw#webhooks",
+                _no_message,
+                password=address.password,
+                username=address.username,
+                db=address.db,
+            )
+        return link
+
+    def start(self, wait: bool) -> Deferred[None]:
+        """
+        Start every link; if C{wait}, fire once each can take commands
+        (the Redis queue's consumer starts then), else at once.
+        """
+        waiting: list[Deferred[None]] = []
+        for link in self.links.values():
+            up: Deferred[None] = Deferred()
+            link.observe_command_ready(partial(_fire_once, up))
+            waiting.append(up)
+            link.startService()
+        if not wait:
+            return succeed(None)
+        return DeferredList(waiting).addCallback(lambda _: None)
+
+    async def close(self) -> None:
+        for link in self.links.values():
+            if link.running:
+                await link.stopService()
+
+
+def _fire_once(d: Deferred[None]) -> None:
+    if not d.called:
+        d.callback(None)
+
+
+def _no_message(payload: bytes) -> None:
+    """
+    Nothing is published on the webhooks' links.
+    """
+
+
+def _webhook_backends(
+    config: ServerConfig,
+    reactor: Any,
+    redis: _RedisConnections,
+    cluster_redis: RedisCommands | None,
+) -> tuple[IJobQueue, IPendingLeaves, int]:
+    """
+    The queue C{queue.driver} names, the held leaves (shared through the
+    adapter's Redis with C{adapter.driver: redis}, so that a reload that
+    lands on another node sends nothing either: on the adapter's own
+    connection when given) and the delivery concurrency.
+    """
+    from sockudo_tw.queues import build_queue
+
+    queue = build_queue(config, reactor, redis)
+    concurrency = config.queue.redis_concurrency if config.queue.driver == "redis" else 20
+    pending: IPendingLeaves = MemoryPendingLeaves()
     if config.adapter.driver == "redis":
-        from sockudo_tw.adapters.redis import redis_adapter_from_config
+        prefix = f"{config.adapter.redis_prefix}webhook_hold:"
+        if cluster_redis is None:
+            cluster_redis = redis(config.adapter.redis_url or config.database_redis.url)
+        pending = RedisPendingLeaves(cluster_redis, prefix)
+    return queue, pending, concurrency
 
-        cluster = redis_adapter_from_config(config, reactor)
-        if observer is not None:
-            cluster.observer = observer
-        return cluster, cluster.health
-    return LocalAdapter(observer=observer), always_healthy
+
+def build_webhooks(
+    config: ServerConfig,
+    reactor: Any,
+    apps: IAppStore,
+    metrics: IWebhookMetrics | None = None,
+    cluster_redis: RedisCommands | None = None,
+) -> WebhookParts:
+    """
+    Build the sink, sender and queue from C{queue.*} and
+    C{webhooks.batching.*} (L{sockudo_tw.webhooks}).
+
+    @param cluster_redis: the Redis adapter's connection, which then also
+        keeps the held leaves (else a connection of the webhooks' own).
+
+    @raise ConfigError: for a queue driver, Redis URL or webhook target
+        sockudo-tw refuses (C{sqs}, C{redis-cluster}, Lambda targets), so
+        the daemon never starts while silently dropping webhooks.
+    """
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from sockudo_tw.queues import validate_queue_driver
+
+    try:
+        validate_queue_driver(config.queue.driver)
+        validate_webhook_targets(config.app_manager.apps)
+        parse_redis_url(config.queue.redis_url_override or config.database_redis.url)
+        parse_redis_url(config.adapter.redis_url or config.database_redis.url)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if config.queue.driver == "none":
+        return WebhookParts(NullWebhookEvents(), None, lambda: succeed(None))
+    redis = _RedisConnections(reactor)
+    queue, pending, concurrency = _webhook_backends(config, reactor, redis, cluster_redis)
+    settings = WebhookSettings(
+        batching_enabled=config.webhooks.batching_enabled,
+        batching_duration=config.webhooks.batching_duration_ms / 1000,
+        concurrency=concurrency,
+    )
+    pool = HTTPConnectionPool(reactor)
+    pool.maxPersistentPerHost = concurrency
+    http = HTTPClient(Agent(reactor, pool=pool))
+    sender = WebhookSender(apps, http, reactor, settings, metrics)
+    events = WebhookEvents(apps, queue, reactor, settings, pending)
+
+    async def close() -> None:
+        for closer in (pool.closeCachedConnections, redis.close):
+            try:
+                await closer()
+            except Exception:
+                _log.failure("closing webhook delivery failed")
+
+    wait = config.queue.driver == "redis"
+    service = WebhookService(
+        events, sender, queue, (lambda: redis.start(wait)) if redis.links else None
+    )
+    return WebhookParts(events, service, lambda: Deferred.fromCoroutine(close()))
 
 
 class SockudoService(MultiService):
@@ -361,10 +521,21 @@ class SockudoService(MultiService):
 
     def add_listener(self, listener: IService) -> None:
         """
-        Add a listening service; these stop first at shutdown.
+        Add a listening service; these stop first at shutdown. Its endpoint
+        is wrapped to learn the port it binds (L{listening_port}), if it has
+        one (the worker pool has none).
         """
+        with contextlib.suppress(ValueError):
+            reporting_endpoint(listener)
         self.listeners.append(listener)
         listener.setServiceParent(self)
+
+    def listening_port(self, index: int = 0) -> Deferred[IListeningPort]:
+        """
+        The port listener C{index} bound (or will bind), e.g. to learn the
+        number a C{tcp:0} listener got.
+        """
+        return reporting_endpoint(self.listeners[index]).port()
 
     def setServiceParent(self, parent: Any) -> None:  # noqa: N802
         """
@@ -499,9 +670,9 @@ def make_service(
     """
     log = Logger(namespace="sockudo_tw.service")
     warnings = list(config.warnings)
-    # Other app_manager and cache drivers are refused by the config.
-    app_store = MemoryAppStore(config.app_manager.apps)
-    cache = MemoryChannelCache(reactor, ttl=config.channel_cache_ttl)
+    # Drivers sockudo-tw does not implement are refused by the config.
+    app_store = build_app_store(config, reactor)
+    cache = build_cache(config, reactor)
     metrics: PusherMetrics | None = None
     observer: IPusherEvents | None = None
     if config.metrics.enabled and metrics_resource is None:
@@ -509,11 +680,17 @@ def make_service(
             CollectorRegistry(), port=config.metrics.port, prefix=config.metrics.prefix
         )
         observer = MetricsObserver(metrics)
+    adapter_parts = build_adapter(config, reactor)
+    adapter, adapter_health = adapter_parts.adapter, adapter_parts.health
     webhooks = build_webhooks(
-        config, reactor, app_store, WebhookMetrics(metrics) if metrics is not None else None
+        config,
+        reactor,
+        app_store,
+        WebhookMetrics(metrics) if metrics is not None else None,
+        cluster_redis=adapter_parts.redis,
     )
     observer = webhooks.events if observer is None else _Observers(observer, webhooks.events)
-    adapter, adapter_health = _adapter(config, reactor, observer)
+    adapter_parts.observe(observer)
     websocket = _websocket_resource(config, reactor, app_store, adapter, cache, observer, metrics)
     api, trigger_api = _api_resource(config, reactor, app_store, adapter, cache, metrics)
     count_call: Recorder | None = None
@@ -550,7 +727,7 @@ def make_service(
     # the access log, when on, wants every request through the Site.
     listening: IProtocolFactory = site
     if trigger_api is not None and not config.debug:
-        listening = TriggerChannelFactory(site, trigger_api.render_trigger, reactor, count_call)
+        listening = TriggerChannelFactory(site, trigger_api.serve, reactor, count_call)
 
     root = SockudoService(
         reactor,

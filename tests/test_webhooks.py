@@ -22,6 +22,7 @@ from zope.interface.verify import verifyObject
 
 from sockudo_tw.appstores import MemoryAppStore
 from sockudo_tw.config import (
+    AdapterConfig,
     AppManagerConfig,
     ConfigError,
     QueueConfig,
@@ -38,6 +39,7 @@ from sockudo_tw.queues import (
     UnsupportedQueueDriverError,
     validate_queue_driver,
 )
+from sockudo_tw.service import build_webhooks
 from sockudo_tw.webhooks import (
     IWebhookEvents,
     IWebhookMetrics,
@@ -47,7 +49,6 @@ from sockudo_tw.webhooks import (
     WebhookSender,
     WebhookService,
     WebhookSettings,
-    build_webhooks,
     target_wants,
     validate_webhook_targets,
 )
@@ -749,6 +750,29 @@ class BuildTests(SynchronousTestCase):
         clock.advance(5)
         self.successResultOf(stopped)
         self.assertEqual(queue.dropped, 1)
+        self.successResultOf(parts.close())
+
+    def test_cluster_redis_keeps_holds(self) -> None:
+        """
+        With the Redis adapter, held leaves go through the adapter's own
+        connection when the composition root passes it: the webhooks open
+        no Redis connection of their own for them.
+        """
+        commands: list[tuple[Any, ...]] = []
+
+        class Cluster:
+            def execute_command(self, *args: Any) -> Deferred[Any]:
+                commands.append(args)
+                return succeed(1)
+
+        config = attrs.evolve(self.config(), adapter=AdapterConfig(driver="redis"))
+        clock = MemoryReactorClock()
+        parts = build_webhooks(config, clock, MemoryAppStore([make_app()]), None, Cluster())
+        assert parts.service is not None
+        parts.service.startService()
+        self.assertEqual(clock.tcpClients, [])
+        parts.events.channel_vacated("1", "a")
+        self.assertEqual(commands[0][:2], ("SET", "sockudo_adapter:webhook_hold:vacated\x001\x00a"))
         self.successResultOf(parts.close())
 
     def test_none(self) -> None:

@@ -23,7 +23,7 @@ import pusher
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
@@ -37,12 +37,12 @@ from sockudo_tw.config import AdapterConfig, AppManagerConfig, QueueConfig, Serv
 from sockudo_tw.pusher.app import App, WebhookTarget
 from sockudo_tw.pusher.signing import channel_string_to_sign, token
 from sockudo_tw.queues import IJobQueue, MemoryJobQueue, RedisJobQueue
+from sockudo_tw.service import build_webhooks
 from sockudo_tw.webhooks import (
     RedisPendingLeaves,
     WebhookEvents,
     WebhookSender,
     WebhookSettings,
-    build_webhooks,
 )
 from tests.interop_harness import ServerProcess, app_config
 from tests.test_queue import connect_redis, eventually, require_redis, true
@@ -396,9 +396,10 @@ class RedisDurabilityTests(TestCase):
     async def test_built_from_config(self) -> None:
         """
         C{queue.driver: redis} from the config gives a daemon-shaped pipeline
-        (lazy txredisapi pool, treq with a connection pool) that delivers a
-        signed webhook through Redis and leaves no job behind; with the Redis
-        adapter, held leaves are kept in Redis.
+        (one Redis link for the queue and the held leaves, treq with a
+        connection pool) that delivers a signed webhook through Redis and
+        leaves no job behind; with the Redis adapter, held leaves are kept
+        in Redis.
         """
         await self.redis_setup()
         receiver = self.listen()
@@ -442,6 +443,61 @@ class RedisDurabilityTests(TestCase):
             return bool(await self.redis.execute_command("EXISTS", hold))
 
         await eventually(held)
+
+
+class OneRedisStackTests(TestCase):
+    """
+    Webhook delivery talks to Redis through the Redis adapter's client stack
+    (L{RedisLink}), one link per server.
+    """
+
+    async def test_links_per_server(self) -> None:
+        """
+        The queue's and the held leaves' URLs naming one server share a
+        link; each link selects its URL's database.
+        """
+        from sockudo_tw.adapters._redis_link import RedisLink
+        from sockudo_tw.service import _RedisConnections
+
+        require_redis(self)
+        connections = _RedisConnections(reactor)
+        db3 = connections("redis://127.0.0.1:6379/3")
+        self.assertIsInstance(db3, RedisLink)
+        self.assertIs(connections("redis://127.0.0.1:6379/3"), db3)
+        db0 = connections("redis://127.0.0.1:6379/0")
+        self.assertIsNot(db0, db3)
+        self.addCleanup(lambda: Deferred.fromCoroutine(connections.close()))
+        await connections.start(wait=True).addTimeout(5, reactor)
+        key = f"sockudo_tw_test_{uuid.uuid4().hex}"
+        await db3.execute_command("SET", key, "v", "PX", "5000")
+        self.assertEqual(await db3.execute_command("GET", key), b"v")
+        self.assertIsNone(await db0.execute_command("GET", key))
+
+    async def test_jobs_held_while_unreachable(self) -> None:
+        """
+        Jobs queued while Redis cannot take them are kept in memory and
+        pushed by the first heartbeat that reaches Redis.
+        """
+        require_redis(self)
+        self.prefix = f"sockudo_tw_test_{uuid.uuid4().hex}"
+        redis = await connect_redis(self)
+        down = [True]
+
+        class Flaky:
+            def execute_command(self, *args: Any) -> Deferred[Any]:
+                if down[0]:
+                    return fail(ConnectionError("Redis command connection is down"))
+                result: Deferred[Any] = redis.execute_command(*args)
+                return result
+
+        queue = RedisJobQueue(Flaky(), reactor, prefix=self.prefix, liveness_ttl=0.3)
+        queue.enqueue("job-1")
+        queue.enqueue("job-2")
+        delivered: list[str] = []
+        down[0] = False
+        queue.start(lambda job: succeed(delivered.append(job) or True))
+        self.addCleanup(queue.stop)
+        await eventually(lambda: true(delivered == ["job-1", "job-2"]))
 
 
 class SharedHoldTests(TestCase):

@@ -3,20 +3,40 @@ Adapters (Sockudo's word): the fan-out backend that delivers events to
 subscribers and answers cluster-wide questions about channels and users.
 
 Not a zope adapter. L{IAdapter} is what the HTTP API and the WebSocket glue
-talk to; the local adapter serves one process, the Redis adapter a cluster.
+talk to; one module per driver, chosen by name in L{DRIVERS}: the local
+adapter (C{local.py}) serves one process, the Redis adapter (C{redis.py},
+its connections in C{_redis_link.py}, its Lua scripts in
+C{redis_scripts/}) a cluster.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
+import attrs
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import Attribute, Interface
 
 from sockudo_tw.pusher.presence import PresenceMember
 from sockudo_tw.registry import SignInOutcome, SocketRemoval, SubscribeOutcome, UnsubscribeOutcome
 
-__all__ = ["SUPPORTED_ADAPTER_DRIVERS", "IAdapter", "ILocalSocket", "validate_adapter_driver"]
+if TYPE_CHECKING:
+    from sockudo_tw.config import ServerConfig
+    from sockudo_tw.hooks import IPusherEvents
+    from sockudo_tw.queues import RedisCommands
+
+__all__ = [
+    "DRIVERS",
+    "SUPPORTED_ADAPTER_DRIVERS",
+    "AdapterFactory",
+    "AdapterParts",
+    "HealthCheck",
+    "IAdapter",
+    "ILocalSocket",
+    "build_adapter",
+    "validate_adapter_driver",
+]
 
 
 class ILocalSocket(Interface):
@@ -138,7 +158,74 @@ class IAdapter(Interface):
         """
 
 
-SUPPORTED_ADAPTER_DRIVERS = ("local", "redis")
+HealthCheck = Callable[[], Deferred[bool]]
+"""
+Fires C{True} while the adapter's backend is reachable (C{/up}).
+"""
+
+
+@attrs.frozen
+class AdapterParts:
+    """
+    A built adapter, as the composition root wires it.
+
+    @ivar health: the adapter's health check (C{/up}).
+    @ivar observe: sets the observer told about deliveries and channel
+        transitions (built after the adapter: the webhook sink in it may
+        keep its state in the adapter's Redis).
+    @ivar redis: the adapter's own Redis connection, if any, for the parts
+        of the node that keep cluster-wide state (held webhook leaves).
+    """
+
+    adapter: IAdapter
+    health: HealthCheck
+    observe: Callable[[IPusherEvents], None]
+    redis: RedisCommands | None = None
+
+
+AdapterFactory = Callable[["ServerConfig", Any], AdapterParts]
+
+
+def _always_healthy() -> Deferred[bool]:
+    return succeed(True)
+
+
+def _local(config: ServerConfig, reactor: Any) -> AdapterParts:
+    from sockudo_tw.adapters.local import LocalAdapter
+
+    local = LocalAdapter()
+
+    def observe(observer: IPusherEvents) -> None:
+        local.observer = observer
+
+    return AdapterParts(local, _always_healthy, observe)
+
+
+def _redis(config: ServerConfig, reactor: Any) -> AdapterParts:
+    from sockudo_tw.adapters.redis import redis_adapter_from_config
+
+    cluster = redis_adapter_from_config(config, reactor)
+
+    def observe(observer: IPusherEvents) -> None:
+        cluster.observer = observer
+
+    return AdapterParts(cluster, cluster.health, observe, cluster.link)
+
+
+DRIVERS: dict[str, AdapterFactory] = {"local": _local, "redis": _redis}
+"""
+C{adapter.driver} to the factory building the adapter (and its health
+check and Redis connection) from the config and the reactor.
+"""
+
+SUPPORTED_ADAPTER_DRIVERS = tuple(DRIVERS)
+
+
+def build_adapter(config: ServerConfig, reactor: Any) -> AdapterParts:
+    """
+    The adapter C{adapter.driver} names, with its health check.
+    """
+    return DRIVERS[config.adapter.driver](config, reactor)
 
 
 def validate_adapter_driver(driver: str) -> None:

@@ -136,6 +136,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Sequence
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -179,179 +180,20 @@ __all__ = [
 _US = "\x1f"
 _USB = b"\x1f"
 
-_LUA_COMMON = r"""
-local P, node = ARGV[1], ARGV[2]
-local nkey = P .. 'n:' .. node
-local out = {1}
 
-local function split(f)
-  local parts, start = {}, 1
-  for _ = 1, 3 do
-    local s = string.find(f, '\31', start, true)
-    if not s then break end
-    parts[#parts + 1] = string.sub(f, start, s - 1)
-    start = s + 1
-  end
-  parts[#parts + 1] = string.sub(f, start)
-  return parts
-end
+def _lua(name: str) -> str:
+    """
+    The text of C{redis_scripts/<name>.lua}, shipped as package data.
+    """
+    return (resources.files(__package__) / "redis_scripts" / f"{name}.lua").read_text("utf-8")
 
--- Add d to this node's count for field f and carry the change into the
--- cluster-wide count, recording the transition it causes. A node can never
--- remove more than it added (a leave it never registered is ignored).
-local function apply(f, d, info)
-  if d == 0 then return end
-  local n = redis.call('HINCRBY', nkey, f, d)
-  if n <= 0 then
-    redis.call('HDEL', nkey, f)
-    if n < 0 then d = d - n end
-  end
-  if d == 0 then return end
-  local p = split(f)
-  local kind = p[1]
-  local k, member
-  if kind == 's' then
-    k, member = P .. 'a:' .. p[2] .. ':ch', p[3]
-  elseif kind == 'p' then
-    k, member = P .. 'a:' .. p[2] .. ':p:' .. p[3], p[4]
-  elseif kind == 'c' then
-    k, member = P .. 'conns', p[2]
-  else
-    return
-  end
-  local t = redis.call('HINCRBY', k, member, d)
-  if t <= 0 then redis.call('HDEL', k, member) end
-  local before = t - d
-  if kind == 's' then
-    if before <= 0 and t > 0 then out[#out + 1] = {'o', p[2], p[3]}
-    elseif before > 0 and t <= 0 then out[#out + 1] = {'v', p[2], p[3]} end
-  elseif kind == 'p' then
-    local ik = P .. 'a:' .. p[2] .. ':pi:' .. p[3]
-    if before <= 0 and t > 0 then
-      redis.call('HSET', ik, member, info)
-      out[#out + 1] = {'a', p[2], p[3], member, info}
-    elseif before > 0 and t <= 0 then
-      redis.call('HDEL', ik, member)
-      out[#out + 1] = {'r', p[2], p[3], member}
-    end
-  end
-end
 
-local function current()
-  local flat = redis.call('HGETALL', nkey)
-  local have = {}
-  for i = 1, #flat, 2 do have[flat[i]] = tonumber(flat[i + 1]) end
-  return have
-end
-
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
--- Whether Redis knows this node. A node is registered only by its sync,
--- which writes its whole contribution in the same script: if Redis lost
--- its data (restart, FLUSHALL) or purged the node, changes are refused
--- (status 3) instead of being applied to a contribution that is not there.
-local function registered()
-  return redis.call('ZSCORE', P .. 'nodes', node)
-end
-"""
-
-APPLY = LuaScript(
-    _LUA_COMMON
-    + r"""
--- ARGV: prefix, node id, mode, then (field, number, info) triples.
---   "d": add each number to the node's count for the field (deltas);
---   "s": make the node's counts exactly these numbers (absent fields: 0),
---        and register the node; ARGV[4] is its liveness ttl (ms), the
---        triples start at ARGV[5];
---   "p": purge the node if its liveness deadline has passed;
---   "x": purge the node unconditionally (graceful stop).
--- Returns {status, transition...}; status 0 means "not purged" (mode p),
--- 2 "this node had been purged" (mode s), 3 "this node is not registered"
--- (mode d: nothing applied; mode s: Redis had nothing of it).
--- A transition is {kind, app, channel[, user[, info]]}: o occupied,
--- v vacated, a member added, r member removed.
-local mode = ARGV[3]
-if mode == 'd' then
-  if not registered() then return {3} end
-  for i = 4, #ARGV, 3 do apply(ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]) end
-elseif mode == 's' then
-  -- status 2: this node had been purged as dead, so the other nodes were
-  -- told its members left and must hear them all again; status 3: Redis
-  -- lost its data (or never had this node), so every member it adds back
-  -- is news to clients that joined meanwhile.
-  if redis.call('DEL', P .. 'dead:' .. node) == 1 then
-    out[1] = 2
-  elseif not registered() then
-    out[1] = 3
-  end
-  redis.call('ZADD', P .. 'nodes', string.format('%d', now_ms() + tonumber(ARGV[4])), node)
-  local have = current()
-  local want = {}
-  for i = 5, #ARGV, 3 do
-    local f = ARGV[i]
-    want[f] = true
-    apply(f, tonumber(ARGV[i + 1]) - (have[f] or 0), ARGV[i + 2])
-  end
-  for f, n in pairs(have) do
-    if not want[f] then apply(f, -n, '') end
-  end
-elseif mode == 'p' or mode == 'x' then
-  if mode == 'p' then
-    local deadline = redis.call('ZSCORE', P .. 'nodes', node)
-    if not deadline or tonumber(deadline) >= now_ms() then return {0} end
-    redis.call('SET', P .. 'dead:' .. node, '1', 'PX', 3600000)
-  end
-  for f, n in pairs(current()) do apply(f, -n, '') end
-  redis.call('DEL', nkey)
-  redis.call('ZREM', P .. 'nodes', node)
-end
-return out
-"""
-)
-
-JOIN = LuaScript(
-    _LUA_COMMON
-    + r"""
--- A socket joins a presence channel. ARGV: prefix, node id, app, channel,
--- user id, user_info JSON, max members (0: unlimited).
--- Returns {1, transitions, members}, {0} when the channel is full, or {3}
--- when the node is not registered (nothing applied); members is the flat
--- user id, user_info list after the join.
-if not registered() then return {3} end
-local app, channel, user, info = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local cap = tonumber(ARGV[7])
-local k = P .. 'a:' .. app .. ':p:' .. channel
-if cap > 0 and tonumber(redis.call('HGET', k, user) or '0') <= 0
-   and redis.call('HLEN', k) >= cap then
-  return {0}
-end
-apply('s' .. '\31' .. app .. '\31' .. channel, 1, '')
-apply('p' .. '\31' .. app .. '\31' .. channel .. '\31' .. user, 1, info)
-return {1, {unpack(out, 2)}, redis.call('HGETALL', P .. 'a:' .. app .. ':pi:' .. channel)}
-"""
-)
-
-HEARTBEAT = LuaScript(
-    r"""
--- ARGV: prefix, node id, ttl ms. Push this node's liveness deadline to
--- now + ttl (Redis clock) and list up to 16 nodes past their deadline.
--- Returns {1 if the node is registered else 0, {dead node...}, number of
--- registered nodes}. An unknown node is not registered here: only its sync
--- does that, together with its state.
-local P, node, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local zk = P .. 'nodes'
-local known = redis.call('ZSCORE', zk, node)
-if known then redis.call('ZADD', zk, string.format('%d', now + ttl), node) end
-local dead = redis.call('ZRANGEBYSCORE', zk, '-inf', '(' .. string.format('%d', now),
-                        'LIMIT', 0, 16)
-return {known and 1 or 0, dead, redis.call('ZCARD', zk)}
-"""
-)
+# The scripts share common.lua (key layout, apply(), registered()); APPLY
+# and JOIN are that prelude followed by their own body.
+_LUA_COMMON = _lua("common")
+APPLY = LuaScript(_LUA_COMMON + _lua("apply"))
+JOIN = LuaScript(_LUA_COMMON + _lua("join"))
+HEARTBEAT = LuaScript(_lua("heartbeat"))
 
 
 def _text(value: bytes | str) -> str:
@@ -467,6 +309,15 @@ class RedisAdapter(Service):
     """
     L{IAdapter} for a cluster: a L{LocalAdapter} for this node's sockets,
     plus shared state and a pub/sub bus in Redis.
+
+    Why one class of about 800 lines: the IAdapter methods, the resync
+    after an outage and the dead-node purge all read and write the same
+    three pieces of state (this node's contribution C{_counts}, the
+    transitions it believes announced, the link's up/down edges), and the
+    order of those writes inside one reactor turn is what makes each
+    transition exactly-once. Split into objects, that state would be
+    shared by reference and the ordering spread over several files; the
+    sections below (queries, membership, sync and purge) keep it readable.
 
     @ivar node_id: this process's random id in the cluster.
     @ivar local_answers: queries answered from local state (Redis down or

@@ -1,17 +1,24 @@
 """
 The cache behind cache channels: the last event published on each one.
 
-L{IChannelCache} is the seam (memory here; Redis with the cluster). Entries
-expire after a TTL measured on an injected clock.
+L{IChannelCache} is the seam; one module per driver (C{memory.py}; Redis
+with the cluster), chosen by name in L{DRIVERS}. Entries expire after a TTL
+measured on an injected clock.
 """
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
-from zope.interface import Interface, implementer
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-__all__ = ["IChannelCache", "MemoryChannelCache"]
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import Interface
+
+if TYPE_CHECKING:
+    from sockudo_tw.config import ServerConfig
+
+__all__ = ["DRIVERS", "IChannelCache", "MemoryChannelCache", "build_cache"]
 
 
 class IChannelCache(Interface):
@@ -31,44 +38,31 @@ class IChannelCache(Interface):
         """
 
 
-@implementer(IChannelCache)
-class MemoryChannelCache:
+CacheFactory = Callable[["ServerConfig", IReactorTime], IChannelCache]
+
+
+def _memory(config: ServerConfig, reactor: IReactorTime) -> IChannelCache:
+    from sockudo_tw.caches.memory import MemoryChannelCache
+
+    return MemoryChannelCache(reactor, ttl=config.channel_cache_ttl)
+
+
+DRIVERS: dict[str, CacheFactory] = {
+    "memory": _memory,
+    # Sockudo keeps the memory cache for "none"; the config warns about it.
+    "none": _memory,
+}
+"""
+C{cache.driver} to the factory building it from the config; the config
+refuses the drivers sockudo-tw does not implement.
+"""
+
+
+def build_cache(config: ServerConfig, reactor: IReactorTime) -> IChannelCache:
     """
-    Cache-channel entries in a dict, expired lazily on read and swept when
-    the dict is written.
-
-    @ivar ttl: seconds an entry lives (Pusher: up to 30 minutes).
+    The cache C{cache.driver} names.
     """
+    return DRIVERS[config.cache.driver](config, reactor)
 
-    def __init__(self, clock: IReactorTime, ttl: float = 1800.0) -> None:
-        self._clock = clock
-        self.ttl = ttl
-        self._entries: dict[tuple[str, str], tuple[bytes, float]] = {}
-        self._next_sweep = 0.0
 
-    def store(self, app_id: str, channel: str, frame: bytes) -> Deferred[None]:
-        now = self._clock.seconds()
-        if now >= self._next_sweep:
-            self._sweep(now)
-        self._entries[(app_id, channel)] = (frame, now + self.ttl)
-        return succeed(None)
-
-    def fetch(self, app_id: str, channel: str) -> Deferred[tuple[bytes, float] | None]:
-        entry = self._entries.get((app_id, channel))
-        if entry is None:
-            return succeed(None)
-        frame, expires = entry
-        left = expires - self._clock.seconds()
-        if left <= 0:
-            del self._entries[(app_id, channel)]
-            return succeed(None)
-        return succeed((frame, left))
-
-    def _sweep(self, now: float) -> None:
-        """
-        Drop expired entries so memory stays bounded by live channels.
-        """
-        expired = [k for k, (_, exp) in self._entries.items() if exp <= now]
-        for k in expired:
-            del self._entries[k]
-        self._next_sweep = now + self.ttl
+from sockudo_tw.caches.memory import MemoryChannelCache  # noqa: E402 (needs IChannelCache)

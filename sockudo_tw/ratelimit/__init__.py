@@ -3,7 +3,8 @@
 Rate limiting: how many requests a key (a client IP, an app) may make per
 window, and a twisted.web wrapper that applies a limit per client IP.
 
-L{IRateLimiter} is the seam (memory here; Redis with the cluster). The
+L{IRateLimiter} is the seam; one module per driver (C{memory.py}; Redis
+with the cluster), chosen by name in L{DRIVERS}. The
 wrapper, L{RateLimitedResource}, answers over-limit requests as Sockudo's
 middleware does (sockudo-reference.md section 5.7): 429 with
 C{{"error":"Too Many Requests","message":"Rate limit exceeded. Please try
@@ -18,10 +19,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -29,12 +31,17 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.util import DeferredResource
 from zope.interface import Interface, implementer
 
+if TYPE_CHECKING:
+    from sockudo_tw.config import ServerConfig
+
 __all__ = [
+    "DRIVERS",
     "IRateLimiter",
     "MemoryRateLimiter",
     "RateLimitResult",
     "RateLimitRule",
     "RateLimitedResource",
+    "build_rate_limiter",
     "client_ip",
     "get_header",
     "rate_limit_headers",
@@ -105,50 +112,35 @@ class IRateLimiter(Interface):
         """
 
 
-@implementer(IRateLimiter)
-class MemoryRateLimiter:
+LimiterFactory = Callable[["ServerConfig", IReactorTime], IRateLimiter]
+
+
+def _memory(config: ServerConfig, reactor: IReactorTime) -> IRateLimiter:
+    from sockudo_tw.ratelimit.memory import MemoryRateLimiter
+
+    return MemoryRateLimiter(reactor)
+
+
+DRIVERS: dict[str, LimiterFactory] = {
+    "memory": _memory,
+    # Sockudo keeps the memory limiter for "none"; the config warns about it.
+    "none": _memory,
+}
+"""
+C{rate_limiter.driver} to the factory building a limiter from the config;
+the config refuses the drivers sockudo-tw does not implement.
+"""
+
+
+def build_rate_limiter(config: ServerConfig, reactor: IReactorTime) -> IRateLimiter:
     """
-    Fixed windows per key, held in a dict and timed by an injected clock.
-
-    Expired windows are swept at most once per sweep interval, when a hit
-    arrives, so memory stays bounded by the keys active in the last window
-    without any timer.
+    A limiter of the kind C{rate_limiter.driver} names (one per rule: each
+    counts its own keys).
     """
+    return DRIVERS[config.rate_limiter.driver](config, reactor)
 
-    def __init__(self, clock: IReactorTime, sweep_interval: float = 60.0) -> None:
-        self._clock = clock
-        self._sweep_interval = sweep_interval
-        # key -> (count, window end)
-        self._windows: dict[str, tuple[int, float]] = {}
-        self._next_sweep = 0.0
 
-    def hit(
-        self, key: str, max_requests: int, window_seconds: float, cost: int = 1
-    ) -> Deferred[RateLimitResult]:
-        now = self._clock.seconds()
-        if now >= self._next_sweep:
-            self._sweep(now)
-        count, ends = self._windows.get(key, (0, 0.0))
-        if now >= ends:
-            count, ends = 0, now + window_seconds
-        reset_after = max(0, math.ceil(ends - now))
-        if count + cost > max_requests:
-            self._windows[key] = (count, ends)
-            return succeed(
-                RateLimitResult(False, max_requests, max(0, max_requests - count), reset_after)
-            )
-        count += cost
-        self._windows[key] = (count, ends)
-        return succeed(RateLimitResult(True, max_requests, max_requests - count, reset_after))
-
-    def _sweep(self, now: float) -> None:
-        """
-        Forget windows that have ended.
-        """
-        for key in [k for k, (_, ends) in self._windows.items() if ends <= now]:
-            del self._windows[key]
-        self._next_sweep = now + self._sweep_interval
-
+from sockudo_tw.ratelimit.memory import MemoryRateLimiter  # noqa: E402 (needs IRateLimiter)
 
 # IRequest's methods carry no annotations; these typed shims keep strict mypy
 # honest everywhere else.
