@@ -10,6 +10,17 @@ Node libraries run in one C{tests/interop/driver.js} process per test, driven
 by JSON-lines commands; everything the libraries observe comes back as
 JSON-lines and is matched with L{NodeDriver.wait_for}.
 
+Most tests share one daemon per test process (L{SharedServer}): it serves a
+pool of apps and every test takes an app nobody used before, so channels,
+presence members, caches and users of one test are invisible to the next.
+Tests that need their own config, their own apps, or that stop or restart
+the daemon get a private one (L{ServerProcess}).
+
+No port is picked and bound later: the harness binds a listening socket on
+port 0 itself and hands it to twistd as systemd socket activation does
+(C{--listen systemd:domain=INET:index=0}), so the port is known before the
+daemon starts and survives its restarts.
+
 Outside CI a missing C{node} or a missing C{tests/interop/node_modules} makes
 the tests skip, naming what is missing; with C{CI=true} the same condition is
 a failure, so CI can never go green by running nothing.
@@ -17,10 +28,12 @@ a failure, so CI can never go green by running nothing.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +54,10 @@ __all__ = [
     "Interop",
     "NodeDriver",
     "ServerProcess",
+    "SharedServer",
     "app_config",
+    "daemon_argv",
+    "listening_socket",
     "match",
     "require_node",
 ]
@@ -109,13 +125,71 @@ def free_port() -> int:
     """
     Pick a free TCP port on 127.0.0.1 by binding port 0 and closing it.
 
-    Another process could take it before the server binds it; on loopback in
-    a test run that race is rare enough, and the failure is loud.
+    Another process could take it before the server binds it: only for
+    servers that cannot bind port 0 and report it, nor adopt a socket
+    (C{redis-server}). Our daemon gets a L{listening_socket} instead.
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def listening_socket() -> socket.socket:
+    """
+    A TCP socket listening on 127.0.0.1, port 0: the kernel picks the port,
+    nobody can take it before the daemon adopts the socket, and
+    C{getsockname()} reports it.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(511)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+#: What C{python -c} runs in the daemon process: move the inherited listening
+#: socket (its number in C{SOCKUDO_TEST_LISTEN_FD}) to descriptor 3 and
+#: describe it the way systemd does, before Twisted reads C{LISTEN_FDS}
+#: (when C{twisted.internet.endpoints} is imported), then run twistd.
+_DAEMON_BOOTSTRAP = """\
+import os
+fd = int(os.environ.pop("SOCKUDO_TEST_LISTEN_FD"))
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.environ.update(LISTEN_FDS="1", LISTEN_FDNAMES="pusher", LISTEN_PID=str(os.getpid()))
+from twisted.scripts.twistd import run
+run()
+"""
+
+#: The C{--listen} description of the socket L{_DAEMON_BOOTSTRAP} hands over.
+ADOPTED_LISTENER = "systemd:domain=INET:index=0"
+
+
+def daemon_argv(config_path: Path, *extra: str) -> list[str]:
+    """
+    The command line of C{twistd -n sockudo} on C{config_path}, listening on
+    the socket passed as C{SOCKUDO_TEST_LISTEN_FD} (see L{listening_socket}).
+
+    @param extra: more C{sockudo} plugin options.
+    """
+    return [
+        sys.executable,
+        "-c",
+        _DAEMON_BOOTSTRAP,
+        "-n",
+        "--pidfile=",
+        "sockudo",
+        "--config",
+        str(config_path),
+        "--listen",
+        ADOPTED_LISTENER,
+        *extra,
+    ]
 
 
 def app_config(**overrides: Any) -> dict[str, Any]:
@@ -147,8 +221,9 @@ def server_config(
 ) -> dict[str, Any]:
     """
     A complete Sockudo-format config for one local, memory-only node on
-    127.0.0.1:C{port}, with everything that would bind another port or need
-    another service turned off.
+    127.0.0.1:C{port} (the port of the adopted socket, so that anything that
+    reads C{port} from the config sees the real one), with everything that
+    would bind another port or need another service turned off.
 
     @param overrides: top-level keys replacing the defaults.
     """
@@ -268,16 +343,46 @@ def _tail(data: bytes | bytearray, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+async def _wait_until_up(
+    port: int, has_ended: Callable[[], bool], describe: Callable[[], str]
+) -> str | None:
+    """
+    Ask C{GET /up} until it answers 200; the listening socket exists before
+    the daemon starts, so each request simply waits in the backlog until
+    the daemon accepts it.
+
+    @param has_ended: whether the daemon has exited (then give up).
+    @param describe: the daemon's log, for the failure message.
+    @return: L{None} when it is up, else why not (with its log).
+    """
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    last_error = "no attempt"
+    while time.monotonic() < deadline:
+        if has_ended():
+            return f"twistd sockudo exited during start-up:\n{describe()}"
+        status, body = await http_get("127.0.0.1", port, "/up", within=1.0)
+        if status == 200:
+            return None
+        last_error = f"status {status}: {body[:200]!r}"
+    return (
+        f"twistd sockudo did not answer GET /up on port {port} within "
+        f"{SERVER_START_TIMEOUT} s (last: {last_error}):\n{describe()}"
+    )
+
+
 @attrs.define
 class ServerProcess:
     """
-    A real C{twistd -n sockudo --config FILE} process on 127.0.0.1.
+    A real C{twistd -n sockudo --config FILE} process of one test, on a
+    socket the test bound (see L{listening_socket}); for tests that need
+    their own config or apps, or stop or restart the daemon.
 
     @ivar port: the port it listens on for WebSocket and REST alike.
     """
 
     port: int
     config_path: Path
+    _socket: socket.socket
     _collector: _OutputCollector
     _transport: Any
     _earlier_logs: bytearray = attrs.field(factory=bytearray)
@@ -297,13 +402,14 @@ class ServerProcess:
         @raise AssertionError: (through C{case.fail}) when it does not come
             up within L{SERVER_START_TIMEOUT} seconds, with its log.
         """
-
-        port = free_port()
+        sock = listening_socket()
+        case.addCleanup(sock.close)
+        port: int = sock.getsockname()[1]
         workdir = Path(tempfile.mkdtemp(prefix="sockudo-interop-"))
         case.addCleanup(shutil.rmtree, workdir, True)
         config_path = workdir / "config.json"
         config_path.write_text(json.dumps(server_config(port, apps, config), indent=2))
-        server = cls(port, config_path, _OutputCollector(), None)
+        server = cls(port, config_path, sock, _OutputCollector(), None)
         server._spawn()
         case.addCleanup(server.stop)
         await server._wait_until_up(case)
@@ -311,28 +417,26 @@ class ServerProcess:
 
     def _spawn(self) -> None:
         """
-        Start one daemon process on L{config_path}.
+        Start one daemon process on L{config_path}, handing it the listening
+        socket as descriptor 3.
         """
         from twisted.internet import reactor
 
-        argv = [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            "sockudo",
-            "--config",
-            str(self.config_path),
-        ]
+        env = server_environment()
+        env["SOCKUDO_TEST_LISTEN_FD"] = "3"
         self._collector = _OutputCollector()
         self._transport = reactor.spawnProcess(
-            self._collector, sys.executable, argv, env=server_environment(), path=str(REPO_ROOT)
+            self._collector,
+            sys.executable,
+            daemon_argv(self.config_path),
+            env=env,
+            path=str(REPO_ROOT),
+            childFDs={0: "w", 1: "r", 2: "r", 3: self._socket.fileno()},
         )
 
     async def restart(self, case: TestCase) -> None:
         """
-        Stop the daemon and start it again on the same port and config, as
+        Stop the daemon and start it again on the same socket and config, as
         a deploy does; wait until it answers C{GET /up}.
         """
         await self.stop()
@@ -342,25 +446,12 @@ class ServerProcess:
 
     async def _wait_until_up(self, case: TestCase) -> None:
         """
-        Poll C{GET /up} until it answers 200, the process dies, or time runs
-        out.
+        Wait until C{GET /up} answers 200; fail C{case} if the process dies
+        or time runs out.
         """
-        from twisted.internet import reactor
-
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        last_error = "no attempt"
-        while time.monotonic() < deadline:
-            if self._collector.has_ended:
-                case.fail(f"twistd sockudo exited during start-up:\n{self.log_tail()}")
-            status, body = await http_get("127.0.0.1", self.port, "/up")
-            if status == 200:
-                return
-            last_error = f"status {status}: {body[:200]!r}"
-            await task.deferLater(reactor, 0.1)
-        case.fail(
-            f"twistd sockudo did not answer GET /up on port {self.port} within "
-            f"{SERVER_START_TIMEOUT} s (last: {last_error}):\n{self.log_tail()}"
-        )
+        problem = await _wait_until_up(self.port, lambda: self._collector.has_ended, self.log_tail)
+        if problem is not None:
+            case.fail(problem)
 
     async def stop(self) -> None:
         """
@@ -381,10 +472,132 @@ class ServerProcess:
         )
 
 
-async def http_get(host: str, port: int, path: str) -> tuple[int | None, bytes]:
+#: How many apps a shared daemon serves; each test takes a new one.
+SHARED_APPS = 200
+
+
+class SharedServer:
+    """
+    One C{twistd -n sockudo} daemon shared by every interop test of the
+    process that needs no config of its own: started by the first such test,
+    stopped when the process exits.
+
+    Tests stay independent because each takes an app of the pool that no
+    test used before (L{take_app}): channels, members, caches, users and
+    connection counts are per app in the server. It is a plain
+    C{subprocess.Popen}, not a reactor process, so that trial's per-test
+    reactor clean-up leaves it alone.
+
+    @ivar port: the port it listens on for WebSocket and REST alike.
+    """
+
+    _current: SharedServer | None = None
+
+    def __init__(self) -> None:
+        self._socket = listening_socket()
+        self.port: int = self._socket.getsockname()[1]
+        self._workdir = Path(tempfile.mkdtemp(prefix="sockudo-interop-shared-"))
+        self._log_path = self._workdir / "twistd.log"
+        self.apps = [
+            app_config(id=str(200000 + n), key=f"interop-key-{n}", secret=f"interop-secret-{n}")
+            for n in range(SHARED_APPS)
+        ]
+        self._taken = 0
+        config_path = self._workdir / "config.json"
+        config_path.write_text(json.dumps(server_config(self.port, self.apps), indent=2))
+        env = server_environment()
+        env["SOCKUDO_TEST_LISTEN_FD"] = str(self._socket.fileno())
+        with self._log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                daemon_argv(config_path),
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(self._socket.fileno(),),
+            )
+        atexit.register(self.stop)
+        self.up = False
+
+    @classmethod
+    async def get(cls, case: TestCase) -> SharedServer:
+        """
+        The running shared daemon, started (and waited for) on first use, or
+        again when it died or its apps are used up.
+
+        @raise AssertionError: (through C{case.fail}) when it does not come
+            up, with its log.
+        """
+        server = cls._current
+        if server is None or server.has_ended() or server.exhausted():
+            if server is not None:
+                server.stop()
+            server = cls._current = cls()
+        if not server.up:
+            problem = await _wait_until_up(server.port, server.has_ended, server.log_tail)
+            if problem is not None:
+                server.stop()
+                cls._current = None
+                case.fail(problem)
+            server.up = True
+        return server
+
+    def exhausted(self) -> bool:
+        """
+        Whether every app of the pool has been taken.
+        """
+        return self._taken >= len(self.apps)
+
+    def take_app(self) -> dict[str, Any]:
+        """
+        An app of the pool that no test has used.
+        """
+        app = self.apps[self._taken]
+        self._taken += 1
+        return dict(app)
+
+    def has_ended(self) -> bool:
+        """
+        Whether the daemon process has exited.
+        """
+        return self._process.poll() is not None
+
+    def stop(self) -> None:
+        """
+        SIGTERM the daemon, SIGKILL it after 10 s, close the socket and
+        remove the work directory. Blocking: only at exit or before a
+        replacement starts.
+        """
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(5)
+        self._socket.close()
+        shutil.rmtree(self._workdir, True)
+
+    def log_tail(self, lines: int = 60) -> str:
+        """
+        The end of the shared daemon's log (its output since the first test
+        that used it), for failure messages.
+        """
+        try:
+            data = self._log_path.read_bytes()
+        except OSError:
+            data = b"(log gone)"
+        return f"--- shared twistd output (tail) ---\n{_tail(data, lines)}"
+
+
+async def http_get(
+    host: str, port: int, path: str, within: float = 5.0
+) -> tuple[int | None, bytes]:
     """
     One plain HTTP/1.0 GET over a fresh connection, without blocking the
-    reactor; C{(None, error text)} when the connection fails.
+    reactor; C{(None, error text)} when the connection fails or no complete
+    answer came within C{within} seconds.
     """
     from twisted.internet import reactor
     from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -406,10 +619,13 @@ async def http_get(host: str, port: int, path: str) -> tuple[int | None, bytes]:
             self.done.callback(bytes(self.data))
 
     endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=2)
+    proto: _Get | None = None
     try:
         proto = await connectProtocol(endpoint, _Get())
-        raw = await proto.done.addTimeout(5, reactor)
+        raw = await proto.done.addTimeout(within, reactor)
     except Exception as error:
+        if proto is not None and proto.transport is not None:
+            proto.transport.abortConnection()  # type: ignore[attr-defined]
         return None, repr(error).encode()
     head, _, body = raw.partition(b"\r\n\r\n")
     try:
@@ -528,21 +744,25 @@ class NodeDriver:
         within: float = DEFAULT_WAIT,
     ) -> list[dict[str, Any]]:
         """
-        Wait until at least C{count} observations satisfy C{matches}.
+        Wait until at least C{count} observations satisfy C{matches}: woken
+        by each observation, not by polling.
         """
-        from twisted.internet import reactor
+        seen = 0
 
-        deadline = time.monotonic() + within
-        while True:
-            found = self.matching(matches)
-            if len(found) >= count:
-                return found
-            if time.monotonic() >= deadline or self._collector.has_ended:
-                raise AssertionError(
-                    f"expected {count} x {description}, saw {len(found)} after {within} s\n"
-                    + self.report()
-                )
-            await task.deferLater(reactor, 0.05)
+        def nth(observation: dict[str, Any]) -> bool:
+            nonlocal seen
+            if _safe(matches, observation):
+                seen += 1
+            return seen >= count
+
+        try:
+            await self.wait_for(nth, f"{count} x {description}", within=within)
+        except AssertionError:
+            found = len(self.matching(matches))
+            raise AssertionError(
+                f"expected {count} x {description}, saw {found} after {within} s\n" + self.report()
+            ) from None
+        return self.matching(matches)
 
     async def init_sdk(self, options: Mapping[str, Any], name: str = "default") -> None:
         """
@@ -660,12 +880,21 @@ def _safe(matches: Callable[[dict[str, Any]], bool], observation: dict[str, Any]
 @attrs.define
 class Interop:
     """
-    A test's fixture: one server process and one node driver.
+    A test's fixture: a server (shared or private) and one node driver.
+
+    @ivar server: a L{SharedServer}, or the test's own L{ServerProcess}
+        when it asked for one.
+    @ivar app_id: the id of the test's app (its key and secret in
+        L{app_key} and L{app_secret}): a fresh app of the shared daemon's
+        pool, or L{APP_ID} on a private daemon.
     """
 
     case: TestCase
-    server: ServerProcess
+    server: ServerProcess | SharedServer
     node: NodeDriver
+    app_id: str = APP_ID
+    app_key: str = APP_KEY
+    app_secret: str = APP_SECRET
 
     @classmethod
     async def start(
@@ -674,44 +903,54 @@ class Interop:
         apps: Iterable[Mapping[str, Any]] | None = None,
         config: Mapping[str, Any] | None = None,
         node_sdk: bool = True,
+        private: bool = False,
     ) -> Interop:
         """
-        Start the server (with L{app_config} unless C{apps} is given, and the
-        top-level C{config} overrides) and the node driver, and initialise
-        the Node SDK against the server.
+        Start the node driver and initialise the Node SDK against the
+        server: the shared daemon with a fresh app of its pool, or, when
+        C{apps}, C{config} or C{private} is given, a daemon of this test
+        alone (with L{app_config} unless C{apps} is given, and the top-level
+        C{config} overrides).
+
+        @param private: a daemon of this test alone even with the default
+            config, for tests that stop or restart it.
         """
         require_node(case)
-        servers: list[ServerProcess] = []
+        servers: list[ServerProcess | SharedServer] = []
 
         def describe_server() -> str:
             return servers[0].log_tail() if servers else "(server not started yet)"
 
-        # Start both at once: each takes a few hundred milliseconds, and
-        # every interop test pays for them.
+        # Start both at once: each takes a few hundred milliseconds.
         starting_node = defer.Deferred.fromCoroutine(NodeDriver.start(case, describe_server))
+        app = app_config()
         try:
-            servers.append(
-                await ServerProcess.start(
-                    case, apps if apps is not None else [app_config()], config
+            if apps is None and config is None and not private:
+                shared = await SharedServer.get(case)
+                app = shared.take_app()
+                servers.append(shared)
+            else:
+                servers.append(
+                    await ServerProcess.start(case, apps if apps is not None else [app], config)
                 )
-            )
         finally:
             node = await starting_node
-        fixture = cls(case, servers[0], node)
+        fixture = cls(case, servers[0], node, app["id"], app["key"], app["secret"])
         if node_sdk:
             await node.init_sdk(fixture.sdk_options())
         return fixture
 
     def sdk_options(
-        self, app_id: str = APP_ID, key: str = APP_KEY, secret: str = APP_SECRET
+        self, app_id: str | None = None, key: str | None = None, secret: str | None = None
     ) -> dict[str, Any]:
         """
-        Options of the Node C{pusher} SDK pointed at our server.
+        Options of the Node C{pusher} SDK pointed at our server, for the
+        test's app unless told otherwise.
         """
         return {
-            "appId": app_id,
-            "key": key,
-            "secret": secret,
+            "appId": app_id if app_id is not None else self.app_id,
+            "key": key if key is not None else self.app_key,
+            "secret": secret if secret is not None else self.app_secret,
             "host": "127.0.0.1",
             "port": str(self.server.port),
             "useTLS": False,
@@ -725,9 +964,9 @@ class Interop:
         import pusher
 
         return pusher.Pusher(
-            app_id=APP_ID,
-            key=APP_KEY,
-            secret=APP_SECRET,
+            app_id=self.app_id,
+            key=self.app_key,
+            secret=self.app_secret,
             ssl=False,
             host="127.0.0.1",
             port=self.server.port,
@@ -738,7 +977,7 @@ class Interop:
     async def connect(
         self,
         client: str,
-        key: str = APP_KEY,
+        key: str | None = None,
         auth: str = "sdk",
         presence: Mapping[str, Any] | None = None,
         user: Mapping[str, Any] | None = None,
@@ -759,7 +998,7 @@ class Interop:
         self.node.send(
             op="connect",
             client=client,
-            key=key,
+            key=key if key is not None else self.app_key,
             host="127.0.0.1",
             port=self.server.port,
             auth=auth,
@@ -811,10 +1050,28 @@ class Interop:
             within=within,
         )
 
+    async def barrier(self, *clients: str) -> None:
+        """
+        For each client in turn, send C{pusher:ping} on its connection and
+        wait for the server's C{pusher:pong}: the server handles a
+        connection's frames in order and writes to it in order, so once the
+        pong is back, every frame the server meant for that client because of
+        anything it had handled before (an answered API call, an earlier
+        frame of this or of an earlier-barriered client) has arrived. A
+        deterministic replacement for L{settle} before asserting that
+        something did I{not} arrive.
+        """
+        for client in clients:
+            pongs = match("message", client, event="pusher:pong")
+            before = len(self.node.matching(pongs))
+            self.node.send(op="ping", client=client)
+            await self.node.wait_count(pongs, before + 1, f"pusher:pong to {client!r}'s ping")
+
     async def settle(self, seconds: float = 0.3) -> None:
         """
         Give frames that should NOT arrive a chance to arrive, before
-        asserting they did not.
+        asserting they did not: only where a timer of the server or of
+        pusher-js decides (L{barrier} covers everything ordered by frames).
         """
         from twisted.internet import reactor
 

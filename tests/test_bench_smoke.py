@@ -2,7 +2,7 @@
 Smoke run of the load tool (C{bench/run.js}) against a real C{twistd -n
 sockudo} on loopback.
 
-Every scenario runs for a couple of seconds with small numbers. The test
+Every scenario runs for about a second with small numbers. The test
 fails only on errors or lost messages, never on timing: its job is to catch a
 server (or tool) change that breaks delivery under load, not to measure.
 Outside CI a missing C{node} or C{bench/node_modules} makes it skip with a
@@ -14,15 +14,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests.interop_harness import daemon_argv, listening_socket
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO_ROOT / "bench"
@@ -49,24 +51,16 @@ def _missing() -> list[str]:
     return missing
 
 
-def _free_port() -> int:
+def _is_up(port: int) -> bool:
     """
-    A TCP port that was free on 127.0.0.1 a moment ago.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _port_open(port: int) -> bool:
-    """
-    Whether something accepts TCP connections on 127.0.0.1:C{port}.
+    Whether C{GET /up} on 127.0.0.1:C{port} answers 200 within a second
+    (the request waits in the listening socket's backlog until the daemon
+    accepts it, so no sleep is needed between attempts).
     """
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/up", timeout=1.0) as answer:
+            return bool(answer.status == 200)
+    except (OSError, urllib.error.URLError):
         return False
 
 
@@ -78,7 +72,8 @@ class BenchSmokeTests(SynchronousTestCase):
     def setUp(self) -> None:
         """
         Skip (or fail in CI) without Node and the tool's dependencies, then
-        start C{twistd -n sockudo} on a free loopback port with the tool's
+        start C{twistd -n sockudo} on a loopback socket bound to port 0
+        (handed over as systemd does, see L{listening_socket}) with the tool's
         config (C{bench/sockudo-bench.json}: app-id / app-key / app-secret,
         rate limiting off, since a limiter refuses load by design).
         """
@@ -88,7 +83,9 @@ class BenchSmokeTests(SynchronousTestCase):
             if _in_ci():
                 self.fail(message)
             raise SkipTest(message)
-        self.port = _free_port()
+        sock = listening_socket()
+        self.addCleanup(sock.close)
+        self.port: int = sock.getsockname()[1]
         self.workdir = Path(tempfile.mkdtemp(prefix="sockudo-bench-"))
         self.addCleanup(shutil.rmtree, self.workdir, True)
         self.server_log = self.workdir / "server.log"
@@ -98,30 +95,23 @@ class BenchSmokeTests(SynchronousTestCase):
         env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         )
-        argv = [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            "sockudo",
-            "--config",
-            str(BENCH_DIR / "sockudo-bench.json"),
-            "--listen",
-            f"tcp:{self.port}:interface=127.0.0.1",
-        ]
+        env["SOCKUDO_TEST_LISTEN_FD"] = str(sock.fileno())
         with self.server_log.open("wb") as log:
             self.server = subprocess.Popen(
-                argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                daemon_argv(BENCH_DIR / "sockudo-bench.json"),
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(sock.fileno(),),
             )
         self.addCleanup(self._stop_server)
         deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while not _port_open(self.port):
+        while not _is_up(self.port):
             if self.server.poll() is not None:
                 self.fail(f"twistd sockudo exited during start-up:\n{self._log_tail()}")
             if time.monotonic() > deadline:
-                self.fail(f"twistd sockudo did not listen within {SERVER_START_TIMEOUT} s")
-            time.sleep(0.1)
+                self.fail(f"twistd sockudo did not answer /up within {SERVER_START_TIMEOUT} s")
 
     def _stop_server(self) -> None:
         """
@@ -175,15 +165,15 @@ class BenchSmokeTests(SynchronousTestCase):
             "--rate",
             "20",
             "--duration",
-            "2",
+            "1",
             "--http-connections",
             "4",
             "--inflight",
             "4",
             "--hold",
-            "1",
-            "--settle-time",
             "0.5",
+            "--settle-time",
+            "0.2",
             "--drain",
             "20",
             "--max-time",

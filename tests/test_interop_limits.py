@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from tests.interop_harness import Interop, app_config, match
+from tests.interop_harness import Interop, ServerProcess, app_config, match
 
 
 def _codes(fx: Interop, client: str) -> list[int]:
@@ -39,14 +39,16 @@ class DefaultLimitsTests(TestCase):
         gets them all again when pusher-js re-subscribes every one at once
         after a server restart: no error, no rate-limit close.
         """
-        fx = await Interop.start(self)
+        fx = await Interop.start(self, private=True)
+        server = fx.server
+        assert isinstance(server, ServerProcess)
         await fx.connect("a")
         channels = [f"many-{i}" for i in range(1000)]
         for channel in channels:
             fx.node.send(op="subscribe", client="a", channel=channel, bind=[])
         succeeded = match("event", "a", event="pusher:subscription_succeeded")
         await fx.node.wait_count(succeeded, 1000, "1000 subscriptions", within=60)
-        await fx.server.restart(self)
+        await server.restart(self)
         await fx.node.wait_count(match("connected", "a"), 2, "a reconnection", within=40)
         await fx.node.wait_count(succeeded, 2000, "1000 re-subscriptions", within=60)
         await fx.settle(0.5)

@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from tests.interop_harness import APP_KEY, Interop, app_config, match
+from tests.interop_harness import Interop, ServerProcess, app_config, match
 
 SOCKET_ID = re.compile(r"^\d+\.\d+$")
 
@@ -135,9 +135,11 @@ class PusherJsConnectionTests(TestCase):
         which makes pusher-js reconnect at once (to another node, in a
         cluster) instead of waiting or giving up.
         """
-        fx = await Interop.start(self)
+        fx = await Interop.start(self, private=True)
+        server = fx.server
+        assert isinstance(server, ServerProcess)
         await fx.connect("a")
-        await fx.server.stop()
+        await server.stop()
         error = await fx.node.wait_for(
             lambda o: o["type"] == "conn_error" and o["client"] == "a",
             "an error (close code) when the server shuts down",
@@ -156,11 +158,13 @@ class PusherJsConnectionTests(TestCase):
         reconnects with a new socket id, re-authorises and resubscribes its
         private and presence channels, and receives events again.
         """
-        fx = await Interop.start(self)
+        fx = await Interop.start(self, private=True)
+        server = fx.server
+        assert isinstance(server, ServerProcess)
         first_id = await fx.connect("a", presence={"user_id": "r1", "user_info": {}})
         await fx.subscribe("a", "private-restart")
         await fx.subscribe("a", "presence-restart")
-        await fx.server.restart(self)
+        await server.restart(self)
         connected = await fx.node.wait_count(
             match("connected", "a"), 2, "a second connection after the restart", within=40
         )
@@ -240,11 +244,11 @@ class PusherJsChannelTests(TestCase):
         self.assertEqual(event["data"], {"text": "hi"})
 
         fx.node.send(op="unsubscribe", client="a", channel="interop-public")
-        await fx.settle(0.3)
+        await fx.barrier("a")
         await fx.node.call_sdk("trigger", "interop-public", "after-unsubscribe", {"n": 1})
         await fx.node.call_sdk("trigger", "interop-other", "marker", {"n": 2})
         await fx.event("a", "interop-other", "marker")
-        await fx.settle(0.2)
+        await fx.barrier("a")
         self.assertEqual(
             fx.node.matching(lambda o: o.get("event") == "after-unsubscribe"),
             [],
@@ -275,7 +279,9 @@ class PusherJsChannelTests(TestCase):
             match("auth_request", "a", channel="private-forged"), "the auth request"
         )
         self.assertEqual(request["socket_id"], socket_id)
-        fx.node.send(op="auth_response", req=request["req"], auth={"auth": f"{APP_KEY}:{'0' * 64}"})
+        fx.node.send(
+            op="auth_response", req=request["req"], auth={"auth": f"{fx.app_key}:{'0' * 64}"}
+        )
         await fx.node.wait_for(
             match("message", "a", event="pusher:error"), "pusher:error for a forged signature"
         )
@@ -430,7 +436,7 @@ class PusherJsChannelTests(TestCase):
         # Never on presence channels (pusher-protocol.md section 2.3).
         await fx.connect("p", presence={"user_id": "p", "user_info": {}})
         await fx.subscribe("p", "presence-uncounted")
-        await fx.settle()
+        await fx.barrier("p")
         self.assertEqual(
             fx.node.matching(
                 match(
@@ -463,7 +469,7 @@ class PusherJsChannelTests(TestCase):
         await fx.event("mine", "shared-name", "for-mine")
         await fx.node.call_sdk("trigger", "shared-name", "for-theirs", {}, sdk="other")
         await fx.event("theirs", "shared-name", "for-theirs")
-        await fx.settle()
+        await fx.barrier("mine", "theirs")
         self.assertEqual(fx.node.matching(match("event", "theirs", event="for-mine")), [])
         self.assertEqual(fx.node.matching(match("event", "mine", event="for-theirs")), [])
         listed = await fx.node.call_sdk("get", {"path": "/channels"})
@@ -495,7 +501,7 @@ class PusherJsClientEventTests(TestCase):
         self.assertTrue(sent["ok"])
         received = await fx.event("b", channel, "client-typing")
         self.assertEqual(received["data"], {"who": "a"})
-        await fx.settle()
+        await fx.barrier("a")
         self.assertEqual(
             fx.node.matching(match("event", "a", channel=channel, event="client-typing")), []
         )
@@ -519,7 +525,7 @@ class PusherJsClientEventTests(TestCase):
         )
         self.assertEqual(bound["data"], {"x": 1})
         self.assertEqual(bound["metadata"], {"user_id": "7"})
-        await fx.settle()
+        await fx.barrier("a")
         self.assertEqual(
             fx.node.matching(match("event", "a", channel=channel, event="client-wave")), []
         )
@@ -540,7 +546,7 @@ class PusherJsClientEventTests(TestCase):
         await fx.node.wait_for(
             match("message", "a", event="pusher:error"), "pusher:error to the sender"
         )
-        await fx.settle()
+        await fx.barrier("b")
         self.assertEqual(
             fx.node.matching(match("event", "b", channel=channel, event="client-nope")), []
         )
@@ -592,7 +598,7 @@ class PusherJsClientEventTests(TestCase):
             match("message", "a", event="pusher:error"), "pusher:error for an oversized event"
         )
         fx.node.send(op="unsubscribe", client="a", channel=channel)
-        await fx.settle(0.3)
+        await fx.barrier("a")
         fx.node.send(op="client_event", client="a", channel=channel, event="client-ghost", data={})
         await fx.settle(0.5)
         # pusher-js did put the frame on the wire (its debug log says so).
@@ -683,7 +689,7 @@ class PusherJsUserTests(TestCase):
         self.assertTrue(result["ok"], result)
         event = await fx.node.wait_for(match("user_event", "a", event="direct"), "a's user event")
         self.assertEqual(event["data"], {"for": "ann"})
-        await fx.settle()
+        await fx.barrier("b")
         self.assertEqual(fx.node.matching(match("user_event", "b", event="direct")), [])
 
     async def test_signin_with_bad_signature_is_refused(self) -> None:
@@ -700,7 +706,7 @@ class PusherJsUserTests(TestCase):
         fx.node.send(
             op="auth_response",
             req=request["req"],
-            auth={"auth": f"{APP_KEY}:{'f' * 64}", "user_data": json.dumps({"id": "5"})},
+            auth={"auth": f"{fx.app_key}:{'f' * 64}", "user_data": json.dumps({"id": "5"})},
         )
         await fx.node.wait_for(
             lambda o: (
@@ -989,7 +995,7 @@ class PusherJsEdgeTests(TestCase):
         await fx.node.wait_count(
             lambda o: o["type"] == "event" and o["event"] == "to-all", 50, "to-all deliveries"
         )
-        await fx.settle()
+        await fx.barrier(*clients)
         received = fx.node.matching(lambda o: o["type"] == "event" and o["event"] == "to-all")
         self.assertEqual(sorted(o["client"] for o in received), sorted(clients))
 
@@ -1078,7 +1084,7 @@ class PusherJsForgeryTests(TestCase):
             match("message", "a", event="pusher:error"), 3, "three pusher:error frames"
         )
         await fx.subscribe("a", "good-after-bad")
-        await fx.settle()
+        await fx.barrier("a")
         succeeded = {
             o["channel"]
             for o in fx.node.matching(match("event", "a", event="pusher:subscription_succeeded"))
@@ -1168,7 +1174,7 @@ class PusherJsChurnTests(TestCase):
         result = await fx.node.call_sdk("trigger", channels, "fan", {"n": 100})
         self.assertEqual(result["status"], 200, result)
         await fx.node.wait_count(match("event", "a", event="fan"), 100, "100 events")
-        await fx.settle()
+        await fx.barrier("a")
         received = fx.node.matching(match("event", "a", event="fan"))
         self.assertEqual(sorted(o["channel"] for o in received), sorted(channels))
 
@@ -1216,7 +1222,7 @@ class PusherJsCacheAndLivenessTests(TestCase):
         await fx.connect("c")
         await fx.subscribe("c", channel)
         await fx.event("c", channel, "pusher:cache_miss")
-        await fx.settle()
+        await fx.barrier("c")
         self.assertEqual(fx.node.matching(match("event", "c", event="client-x")), [])
 
     async def test_live_client_survives_server_pings(self) -> None:

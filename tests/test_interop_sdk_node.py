@@ -66,7 +66,7 @@ class NodeSdkPublishTests(TestCase):
         self.assertEqual((plain["status"], plain["body"]), (200, {}))
         await fx.event("a", PRESENCE, "not-for-b")
         await fx.event("a2", PRESENCE, "not-for-b")
-        await fx.settle()
+        await fx.barrier("b")
         self.assertEqual(fx.node.matching(match("event", "b", event="not-for-b")), [])
 
     async def test_trigger_batch(self) -> None:
@@ -93,7 +93,7 @@ class NodeSdkPublishTests(TestCase):
         self.assertEqual((one["data"], two["data"]), ({"i": 1}, {"i": 2}))
         await fx.event("a", PRESENCE, "three")
         await fx.event("a2", PRESENCE, "three")
-        await fx.settle()
+        await fx.barrier("b")
         self.assertEqual(fx.node.matching(match("event", "b", event="three")), [])
 
     async def test_send_to_user_and_terminate_user_connections(self) -> None:
@@ -132,7 +132,7 @@ class NodeSdkPublishTests(TestCase):
                 match("state", client, previous="connected"),
                 f"the terminated user's connection {client} to drop",
             )
-        await fx.settle(0.5)
+        await fx.barrier("b")
         self.assertEqual(fx.node.matching(match("user_event", "b", event="direct")), [])
         self.assertEqual(fx.node.matching(match("state", "b", previous="connected")), [])
 
@@ -254,7 +254,7 @@ class NodeSdkErrorTests(TestCase):
 
         await fx.node.call_sdk("trigger", "node-guarded", "marker", {})
         await fx.event("a", "node-guarded", "marker")
-        await fx.settle()
+        await fx.barrier("a")
         delivered = {o["event"] for o in fx.node.matching(match("event", "a"))}
         self.assertEqual(
             delivered & {"big", "batch", "half", "forged", "stranger"},

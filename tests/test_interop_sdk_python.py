@@ -3,8 +3,8 @@ The official Python C{pusher} SDK against a real C{twistd -n sockudo}
 process, with pusher-js clients receiving what it publishes.
 
 The SDK is synchronous (requests), so its calls run in a thread; it accepts
-only numeric app ids, hence the app id C{123456} of
-L{tests.interop_harness.APP_ID}. The contract is
+only numeric app ids, hence the numeric ids of the harness's apps
+(L{tests.interop_harness.APP_ID} and the shared daemon's pool). The contract is
 C{shared/docs/pusher-protocol.md} section 6.
 """
 
@@ -47,7 +47,7 @@ class PythonSdkPublishTests(TestCase):
 
         await fx.in_thread(sdk.trigger, "py-one", "not-for-a", {"n": 2}, socket_id=socket_a)
         await fx.event("b", "py-one", "not-for-a")
-        await fx.settle()
+        await fx.barrier("a")
         self.assertEqual(fx.node.matching(match("event", "a", event="not-for-a")), [])
 
     async def test_trigger_batch(self) -> None:
@@ -173,14 +173,14 @@ class PythonSdkAuthTests(TestCase):
         self.assertEqual(result, {})
         event = await fx.node.wait_for(match("user_event", "a", event="direct"), "user event")
         self.assertEqual(event["data"], {"to": "py-user"})
-        await fx.settle()
+        await fx.barrier("b")
         self.assertEqual(fx.node.matching(match("user_event", "b", event="direct")), [])
 
         await fx.in_thread(sdk.terminate_user_connections, "py-user")
         await fx.node.wait_for(
             match("state", "a", previous="connected"), "the terminated user's connection to drop"
         )
-        await fx.settle(0.5)
+        await fx.barrier("b")
         self.assertEqual(fx.node.matching(match("state", "b", previous="connected")), [])
 
 
@@ -260,8 +260,8 @@ class PythonSdkQueryTests(TestCase):
         import pusher as pusher_module
 
         forger = pusher_module.Pusher(
-            app_id="123456",
-            key="interop-key",
+            app_id=fx.app_id,
+            key=fx.app_key,
             secret="not-the-secret",
             ssl=False,
             host="127.0.0.1",
@@ -269,5 +269,5 @@ class PythonSdkQueryTests(TestCase):
         )
         with self.assertRaises(pusher.errors.PusherBadAuth):
             await fx.in_thread(forger.trigger, "guarded", "forged", {})
-        await fx.settle()
+        await fx.barrier("a")
         self.assertEqual(fx.node.matching(match("event", "a", event="forged")), [])

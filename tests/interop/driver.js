@@ -19,6 +19,9 @@
  *   signin        {client}
  *   members       {client, channel}
  *   disconnect    {client}
+ *   ping          {client}               send pusher:ping on the client's connection
+ *                                        (the server's pusher:pong comes back as a
+ *                                        `message`): a barrier, see Interop.barrier
  *   auth_response {req, auth?, error?}   answer to an auth_request (auth "ask")
  *   sdk_init      {options, sdk?}        new Pusher(options) of the Node SDK, kept
  *                                        under the name `sdk` (default "default")
@@ -29,7 +32,7 @@
  * connected, transport_closed, conn_error, message
  * (every frame pusher-js received, as it parsed it), event (channel
  * bind_global), bound (an individually bound event, with metadata),
- * user_event, watchlist_event, members, client_event_sent, auth,
+ * user_event, watchlist_event, members, client_event_sent, ping_sent, auth,
  * auth_request, sdk_ready, sdk_result, command_error, fatal.
  */
 
@@ -312,6 +315,11 @@ function handle(cmd) {
     case 'disconnect':
       clientNamed(cmd.client).pusher.disconnect();
       break;
+    case 'ping': {
+      const ok = clientNamed(cmd.client).pusher.send_event('pusher:ping', {});
+      emit({ type: 'ping_sent', client: cmd.client, ok });
+      break;
+    }
     case 'auth_response': {
       const callback = pendingAuth.get(cmd.req);
       pendingAuth.delete(cmd.req);
