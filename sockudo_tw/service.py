@@ -647,6 +647,106 @@ def prepare_unix_socket(path: str) -> None:
         probe.close()
 
 
+def _watch_metrics(
+    metrics: PusherMetrics, connections: Any, adapter: IAdapter, webhooks: WebhookParts
+) -> None:
+    """
+    Give C{metrics} the gauges it reads at scrape time: connections, this
+    node's channels, cluster links and the memory queue's depth.
+    """
+    metrics.watch(connections=connections)
+    # The local adapter's registry, or a cluster adapter's local one.
+    node_index = getattr(getattr(adapter, "local", adapter), "registry", None)
+    if isinstance(node_index, Registry):
+        index = node_index
+        metrics.watch(active_channels=lambda: channels_by_type(index))
+    cluster_links = getattr(adapter, "cluster_links", None)
+    if callable(cluster_links):
+        metrics.watch(cluster_links=cluster_links)
+    # The memory queue knows its depth; the Redis queue would need a round
+    # trip, which a scrape must not wait for.
+    queue_depth = getattr(getattr(webhooks.service, "queue", None), "depth", None)
+    if callable(queue_depth):
+        metrics.watch(webhook_queue_depth=queue_depth)
+
+
+def _extra_listeners(
+    config: ServerConfig,
+    reactor: Any,
+    listen: Sequence[str],
+    metrics: PusherMetrics | None,
+    metrics_resource: IResource | None,
+) -> list[tuple[str, str, str, IProtocolFactory]]:
+    """
+    The listeners beside the main ones, as (what, strports description, URL
+    path, factory): the HTTP-to-HTTPS redirect and the metrics listener.
+    """
+    extra: list[tuple[str, str, str, IProtocolFactory]] = []
+    if not listen and config.ssl.enabled and config.ssl.redirect_http:
+        redirect = make_site(RedirectToHttps(config.port), limits=config.http_limits, clock=reactor)
+        at = f"tcp:{config.ssl.http_port}:interface={escape_strport(config.host)}"
+        extra.append(("redirect to HTTPS", at, "", redirect))
+    if config.metrics.enabled:
+        served = (
+            Site(metrics_resource)
+            if metrics_resource is not None
+            else metrics_site(metrics.registry if metrics else CollectorRegistry())
+        )
+        at = f"tcp:{config.metrics.port}:interface={escape_strport(config.metrics.host)}"
+        extra.append(("Prometheus metrics", at, "/metrics", served))
+    return extra
+
+
+def _front(
+    config: ServerConfig,
+    reactor: Any,
+    app_store: IAppStore,
+    adapter: IAdapter,
+    cache: IChannelCache,
+    metrics: PusherMetrics | None,
+    websocket: WebSocketPart,
+    health: IResource,
+) -> IProtocolFactory:
+    """
+    The factory every main listener serves: the C{Site} (WebSocket, API,
+    health), behind the fast trigger front unless the access log is on.
+    """
+    api, trigger_api = _api_resource(config, reactor, app_store, adapter, cache, metrics)
+    count_call: Recorder | None = None
+    if metrics is not None:
+        metered = MeteredResource(api, metrics, reactor, app_store)
+        api = metered
+        count_call = metered.count_call
+        # Sockudo counts /up as an API call too.
+        health = MeteredResource(health, metrics, reactor, app_store)
+    site = make_site(
+        RootResource(websocket.resource, api, health),
+        access_log=config.debug,
+        limits=config.http_limits,
+        clock=reactor,
+    )
+    # Plain triggers skip twisted.web's request parsing (triggerchannel.py);
+    # the access log, when on, wants every request through the Site.
+    if trigger_api is not None and not config.debug:
+        return TriggerChannelFactory(site, trigger_api.serve, reactor, count_call)
+    return site
+
+
+def _add_backends(root: SockudoService, webhooks: WebhookParts, adapter: IAdapter) -> None:
+    """
+    Give the webhook sender and a cluster adapter their places in the
+    start and the ordered shutdown.
+    """
+    if webhooks.service is not None:
+        # Deliver webhooks from before the first client until after the last.
+        root.prepare_steps.append(webhooks.service.startService)
+        root.flush_steps.append(webhooks.service.stopService)
+    root.close_steps.append(webhooks.close)
+    if IService.providedBy(adapter):
+        # A cluster adapter connects at start and leaves the cluster last.
+        IService(adapter).setServiceParent(root)
+
+
 def make_service(
     config: ServerConfig,
     reactor: Any,
@@ -692,42 +792,11 @@ def make_service(
     observer = webhooks.events if observer is None else _Observers(observer, webhooks.events)
     adapter_parts.observe(observer)
     websocket = _websocket_resource(config, reactor, app_store, adapter, cache, observer, metrics)
-    api, trigger_api = _api_resource(config, reactor, app_store, adapter, cache, metrics)
-    count_call: Recorder | None = None
     if metrics is not None:
-        metered = MeteredResource(api, metrics, reactor, app_store)
-        api = metered
-        count_call = metered.count_call
-        metrics.watch(connections=websocket.connections)
-        # The local adapter's registry, or a cluster adapter's local one.
-        node_index = getattr(getattr(adapter, "local", adapter), "registry", None)
-        if isinstance(node_index, Registry):
-            index = node_index
-            metrics.watch(active_channels=lambda: channels_by_type(index))
-        cluster_links = getattr(adapter, "cluster_links", None)
-        if callable(cluster_links):
-            metrics.watch(cluster_links=cluster_links)
-        # The memory queue knows its depth; the Redis queue would need a
-        # round trip, which a scrape must not wait for.
-        queue_depth = getattr(getattr(webhooks.service, "queue", None), "depth", None)
-        if callable(queue_depth):
-            metrics.watch(webhook_queue_depth=queue_depth)
+        _watch_metrics(metrics, websocket.connections, adapter, webhooks)
     lifecycle = Lifecycle()
     health: IResource = HealthResource(app_store, adapter_health, lifecycle, reactor)
-    if metrics is not None:
-        # Sockudo counts /up as an API call too.
-        health = MeteredResource(health, metrics, reactor, app_store)
-    site = make_site(
-        RootResource(websocket.resource, api, health),
-        access_log=config.debug,
-        limits=config.http_limits,
-        clock=reactor,
-    )
-    # Plain triggers skip twisted.web's request parsing (triggerchannel.py);
-    # the access log, when on, wants every request through the Site.
-    listening: IProtocolFactory = site
-    if trigger_api is not None and not config.debug:
-        listening = TriggerChannelFactory(site, trigger_api.serve, reactor, count_call)
+    listening = _front(config, reactor, app_store, adapter, cache, metrics, websocket, health)
 
     root = SockudoService(
         reactor,
@@ -737,14 +806,7 @@ def make_service(
         log_observer,
         warnings,
     )
-    if webhooks.service is not None:
-        # Deliver webhooks from before the first client until after the last.
-        root.prepare_steps.append(webhooks.service.startService)
-        root.flush_steps.append(webhooks.service.stopService)
-    root.close_steps.append(webhooks.close)
-    if IService.providedBy(adapter):
-        # A cluster adapter connects at start and leaves the cluster last.
-        IService(adapter).setServiceParent(root)
+    _add_backends(root, webhooks, adapter)
     descriptions = list(listen) or config_listeners(config)
     if not listen and config.unix_socket.enabled:
         path = config.unix_socket.path
@@ -763,33 +825,12 @@ def make_service(
             grace_period=config.shutdown_grace_period,
         )
         root.add_listener(pool)
-    if not listen and config.ssl.enabled and config.ssl.redirect_http:
-        redirect = make_site(RedirectToHttps(config.port), limits=config.http_limits, clock=reactor)
-        interface = escape_strport(config.host)
-        root.add_listener(
-            strports.service(
-                f"tcp:{config.ssl.http_port}:interface={interface}", redirect, reactor=reactor
-            )
-        )
-    if config.metrics.enabled:
-        served = (
-            Site(metrics_resource)
-            if metrics_resource is not None
-            else metrics_site(metrics.registry if metrics else CollectorRegistry())
-        )
-        interface = escape_strport(config.metrics.host)
-        root.add_listener(
-            strports.service(
-                f"tcp:{config.metrics.port}:interface={interface}", served, reactor=reactor
-            )
-        )
     announced = [("Pusher WebSocket and HTTP API", d, "") for d in descriptions]
-    if not listen and config.ssl.enabled and config.ssl.redirect_http:
-        redirect_at = f"tcp:{config.ssl.http_port}:interface={escape_strport(config.host)}"
-        announced.append(("redirect to HTTPS", redirect_at, ""))
-    if config.metrics.enabled:
-        metrics_at = f"tcp:{config.metrics.port}:interface={escape_strport(config.metrics.host)}"
-        announced.append(("Prometheus metrics", metrics_at, "/metrics"))
+    for what, at, path, factory in _extra_listeners(
+        config, reactor, listen, metrics, metrics_resource
+    ):
+        root.add_listener(strports.service(at, factory, reactor=reactor))
+        announced.append((what, at, path))
     root.startup = StartupSummary(announced, len(config.app_manager.apps), config.adapter.driver)
     log.debug("Listening on {descriptions}", descriptions=descriptions)
     return root
