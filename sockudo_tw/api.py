@@ -28,6 +28,9 @@ from sockudo_tw.caches import IChannelCache
 from sockudo_tw.pusher.app import App
 from sockudo_tw.pusher.channels import channel_type
 from sockudo_tw.pusher.httpapi import (
+    CORS_HEADERS,
+    CORS_METHODS,
+    CORS_ORIGINS,
     ApiConfig,
     ApiError,
     CachedEvent,
@@ -84,14 +87,9 @@ class PusherApi:
         cache: IChannelCache,
         rate_limiter: IRateLimiter | None = None,
         request_limit_in_mb: float = 10,
-        cors_origins: Iterable[str] = ("*",),
-        cors_methods: Iterable[str] = ("GET", "POST", "OPTIONS"),
-        cors_headers: Iterable[str] = (
-            "Authorization",
-            "Content-Type",
-            "X-Requested-With",
-            "Accept",
-        ),
+        cors_origins: Iterable[str] = CORS_ORIGINS,
+        cors_methods: Iterable[str] = CORS_METHODS,
+        cors_headers: Iterable[str] = CORS_HEADERS,
         cors_credentials: bool = True,
     ) -> None:
         self._clock = clock

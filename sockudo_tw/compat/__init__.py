@@ -28,3 +28,25 @@ each project used here (Twisted, Autobahn, txaio, txredisapi) below its next
 release series not yet checked; Klein and treq are used through their public
 API only and are not capped.
 """
+
+from __future__ import annotations
+
+__all__ = ["Range", "version_in_range"]
+
+Range = tuple[tuple[int, int], tuple[int, int]]
+"""
+A range of releases as (major, minor): lower bound included, upper excluded.
+"""
+
+
+def version_in_range(version: str, known: Range) -> bool:
+    """
+    Whether the version string C{version} (C{"26.10.0"}) is a release in
+    C{known}; a string that does not start with two numbers is not.
+    """
+    try:
+        major, minor = version.split(".")[:2]
+        release = (int(major), int(minor))
+    except (AttributeError, ValueError):
+        return False
+    return known[0] <= release < known[1]

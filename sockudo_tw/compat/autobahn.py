@@ -48,6 +48,8 @@ import txaio
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from sockudo_tw.compat import version_in_range
+
 __all__ = [
     "BATCHED_TIMER",
     "CHECKED_ON",
@@ -115,23 +117,7 @@ C{succeedHandshake} and C{_connectionMade}).
 """
 
 
-def _release(version: str) -> tuple[int, int] | None:
-    """
-    The (major, minor) of a version string, or L{None}.
-    """
-    try:
-        major, minor = version.split(".")[:2]
-        return (int(major), int(minor))
-    except (AttributeError, ValueError):
-        return None
-
-
-def _in_range(version: str, known: tuple[tuple[int, int], tuple[int, int]]) -> bool:
-    """
-    Whether C{version} is in C{known} (lower bound included).
-    """
-    release = _release(version)
-    return release is not None and known[0] <= release < known[1]
+_in_range = version_in_range
 
 
 RECOGNISED = _in_range(getattr(autobahn, "__version__", ""), KNOWN_RANGE)

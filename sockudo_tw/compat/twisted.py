@@ -37,6 +37,8 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.logger import ILogObserver, Logger
 from twisted.web.http import Request
 
+from sockudo_tw.compat import version_in_range
+
 __all__ = [
     "CHECKED_ON",
     "CLIENT_SERVICE_LOG",
@@ -65,12 +67,7 @@ def _version_known(version: str) -> bool:
     """
     Whether a Twisted version string (C{"26.10.0"}) is in L{KNOWN_RANGE}.
     """
-    try:
-        release = tuple(int(part) for part in version.split(".")[:2])
-    except ValueError:
-        return False
-    low, high = KNOWN_RANGE
-    return low <= release < high
+    return version_in_range(version, KNOWN_RANGE)
 
 
 def _write_buffers_known() -> bool:

@@ -24,6 +24,8 @@ import inspect
 
 import txredisapi
 
+from sockudo_tw.compat import version_in_range
+
 __all__ = ["CHECKED_ON", "FACTORY_HOOKS", "KNOWN_RANGE", "RECOGNISED"]
 
 CHECKED_ON = "1.6.0"
@@ -46,12 +48,7 @@ def _version_known(version: str) -> bool:
     """
     Whether a txredisapi version string is in L{KNOWN_RANGE}.
     """
-    try:
-        release = tuple(int(part) for part in version.split(".")[:2])
-    except ValueError:
-        return False
-    low, high = KNOWN_RANGE
-    return low <= release < high
+    return version_in_range(version, KNOWN_RANGE)
 
 
 def _constructor_known() -> bool:

@@ -60,6 +60,9 @@ from sockudo_tw.pusher.events import (
 from sockudo_tw.pusher.signing import ApiAuthError, verify_api_request
 
 __all__ = [
+    "CORS_HEADERS",
+    "CORS_METHODS",
+    "CORS_ORIGINS",
     "ApiConfig",
     "ApiError",
     "CachedEvent",
@@ -86,6 +89,14 @@ _RESERVED_PREFIXES = ("pusher:", "pusher_internal:")
 _TRIGGER_INFO = frozenset({"user_count", "subscription_count"})
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _JSON = (b"Content-Type", b"application/json")
+
+
+CORS_ORIGINS = ("*",)
+CORS_METHODS = ("GET", "POST", "OPTIONS")
+CORS_HEADERS = ("Authorization", "Content-Type", "X-Requested-With", "Accept")
+"""
+Sockudo's C{cors.*} defaults: any origin, these methods and headers.
+"""
 
 
 class HttpRequest:
@@ -175,14 +186,9 @@ class ApiConfig:
         *,
         body_limit: int = 10 * 1024 * 1024,
         rate_limited: bool = True,
-        cors_origins: Iterable[str] = ("*",),
-        cors_methods: Iterable[str] = ("GET", "POST", "OPTIONS"),
-        cors_headers: Iterable[str] = (
-            "Authorization",
-            "Content-Type",
-            "X-Requested-With",
-            "Accept",
-        ),
+        cors_origins: Iterable[str] = CORS_ORIGINS,
+        cors_methods: Iterable[str] = CORS_METHODS,
+        cors_headers: Iterable[str] = CORS_HEADERS,
         cors_credentials: bool = True,
     ) -> None:
         self.body_limit = body_limit
