@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import tempfile
 import time
 from typing import Any
 
 from twisted.internet import reactor as _global_reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -629,42 +630,51 @@ class SlowlorisTests(TestCase):
         self.addCleanup(service.stopService)
         port = (await service.listening_port(0)).getHost().port
         halves = [b"POST /apps/app-id/events HTTP/1.1\r\nHost: x\r\n", b"GET /up HTTP/1.1\r\nX: "]
-        sockets = []
-        for i in range(200):
-            if i % 25 == 0:
-                await _sleep(0.01)  # let the reactor accept them
-            s = socket.create_connection(("127.0.0.1", port))
-            s.setblocking(False)
-            s.sendall(halves[i % 2])
-            sockets.append(s)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        clients = [_HalfRequest(halves[i % 2]) for i in range(200)]
+        for batch in range(0, len(clients), 25):
+            # In batches, yielding to the reactor so it accepts them before the
+            # listen backlog fills (a dropped SYN is retried only after 1 s).
+            await gatherResults(
+                [endpoint.connect(_OneProtocol(c)) for c in clients[batch : batch + 25]]
+            ).addTimeout(10, reactor)
         started = time.monotonic()
-        closed: dict[int, float] = {}
-        answers: dict[int, bytes] = {}
-        while len(closed) < len(sockets) and time.monotonic() - started < 5:
-            await _sleep(0.05)
-            for i, s in enumerate(sockets):
-                if i in closed:
-                    continue
-                try:
-                    data = s.recv(4096)
-                except BlockingIOError:
-                    continue
-                except ConnectionResetError:
-                    data = b""
-                answers[i] = answers.get(i, b"") + data
-                if not data:
-                    closed[i] = time.monotonic() - started
-        for s in sockets:
-            s.close()
-        self.assertEqual(len(closed), len(sockets))
-        self.assertLess(max(closed.values()), 3.0)
-        self.assertTrue(all(a.startswith(b"HTTP/1.1 408 ") for a in answers.values()))
+        await gatherResults([client.lost for client in clients]).addTimeout(10, reactor)
+        closed = [client.closed_at - started for client in clients]
+        self.assertLess(max(closed), 3.0)
+        self.assertTrue(all(c.received.startswith(b"HTTP/1.1 408 ") for c in clients))
 
 
-def _sleep(seconds: float) -> Deferred[None]:
+class _HalfRequest(Protocol):
     """
-    A Deferred that fires after C{seconds} on the global reactor.
+    Sends half a request on connect; C{lost} fires when the server closes.
     """
-    d: Deferred[None] = Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
+
+    def __init__(self, half: bytes) -> None:
+        self.half = half
+        self.received = b""
+        self.closed_at = 0.0
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.half)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self.closed_at = time.monotonic()
+        self.lost.callback(None)
+
+
+class _OneProtocol(ClientFactory):
+    """
+    A client factory building one given protocol instance.
+    """
+
+    def __init__(self, protocol: Protocol) -> None:
+        self.protocol_instance = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self.protocol_instance

@@ -196,11 +196,11 @@ class RedisJobQueueTests(TestCase):
 
         return Deferred.fromCoroutine(connect())
 
-    def make_queue(self, **kwargs: Any) -> RedisJobQueue:
+    def make_queue(self, clock: Any = reactor, **kwargs: Any) -> RedisJobQueue:
         """
         A queue under the test prefix, stopped at the end of the test.
         """
-        queue = RedisJobQueue(self.redis, reactor, prefix=self.prefix, poll_interval=0.05, **kwargs)
+        queue = RedisJobQueue(self.redis, clock, prefix=self.prefix, poll_interval=0.05, **kwargs)
         self.addCleanup(self._stop, queue)
         return queue
 
@@ -294,8 +294,11 @@ class RedisJobQueueTests(TestCase):
         queue = self.make_queue()
         queue.start(self.done)
         moved = await queue.recover_dead_workers()
-        await deferLater(reactor, 0.2, lambda: None)  # type: ignore[arg-type]
-        self.assertEqual((moved, self.handled), (0, []))
+        # A marker pushed now is taken after anything recovery put back at the
+        # consuming end (FIFO), so once it is handled nothing else came.
+        queue.enqueue("marker")
+        await eventually(lambda: true(self.handled == ["marker"]))
+        self.assertEqual((moved, self.handled), (0, ["marker"]))
         self.assertEqual(await self.llen(base + ":processing:alive"), 1)
 
     async def test_max_in_progress(self) -> None:
@@ -303,14 +306,19 @@ class RedisJobQueueTests(TestCase):
         A worker holds at most C{max_in_progress} jobs; finishing one lets it
         take the next.
         """
-        queue = self.make_queue(max_in_progress=2)
+        clock = Clock()  # no poll or heartbeat runs unless the test says so
+        queue = self.make_queue(clock, max_in_progress=2)
         queue.start(self.keep)
         for job in ("a", "b", "c"):
             queue.enqueue(job)
         await eventually(lambda: true(len(self.handled) == 2))
-        await deferLater(reactor, 0.2, lambda: None)  # type: ignore[arg-type]
-        self.assertEqual(len(self.handled), 2)
+        # Redis answers in order on the one connection: a third LMOVE sent
+        # with the second would be answered before this LLEN.
         self.assertEqual(await self.llen(queue.queue_key), 1)
+        self.assertEqual(len(self.handled), 2)
+        clock.advance(1)  # a due poll, if any, cannot take a third job either
+        self.assertEqual(await self.llen(queue.queue_key), 1)
+        self.assertEqual(len(self.handled), 2)
         self.pending[0].callback(True)
         await eventually(lambda: true(len(self.handled) == 3))
         self.assertEqual(sorted(self.handled), ["a", "b", "c"])

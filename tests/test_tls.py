@@ -33,13 +33,26 @@ from twisted.trial.unittest import TestCase
 from sockudo_tw.config import ServerConfig, parse_config
 from sockudo_tw.service import config_listeners, make_service
 from tests.interop_harness import INTEROP_DIR, require_node
-from tests.test_endpoints import _client_factory, _Running
+from tests.test_endpoints import _Client, _client_factory, _Running
 
 reactor: Any = _global_reactor
 
 ALPN = [b"h2", b"http/1.1"]
 
 SAMPLE = INTEROP_DIR.parent.parent / "etc" / "sockudo" / "config.json"
+
+
+class _FirstMessageClient(_Client):
+    """
+    A test client whose factory's C{first_message} Deferred fires with the
+    first frame received, so a test waits on the event, not on a timer.
+    """
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N803
+        super().onMessage(payload, isBinary)
+        if not self.factory.first_message.called:
+            self.factory.first_message.callback(payload)
+
 
 Key = ec.EllipticCurvePrivateKey
 
@@ -205,13 +218,13 @@ class AlpnTests(TestCase):
         """
         port, root_pem, _ = await self.start()
         factory = _client_factory(f"wss://localhost:{port}/app/app-key?protocol=7")
+        factory.protocol = _FirstMessageClient
+        factory.first_message = Deferred()
         await self.endpoint(port, root_pem).connect(factory)
         await factory.opened
-        while not factory.messages:
-            d: Deferred[None] = Deferred()
-            reactor.callLater(0.02, d.callback, None)
-            await d
-        message = json.loads(factory.messages[0])
+        first = await factory.first_message.addTimeout(10, reactor)
+        self.assertEqual(first, factory.messages[0])
+        message = json.loads(first)
         self.assertEqual(message["event"], "pusher:connection_established")
         await self.running.service.stopService()
         await factory.closed

@@ -23,7 +23,7 @@ import pusher
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredQueue, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
@@ -172,8 +172,25 @@ class WebhookIntegrationTests(TestCase):
         webhook_settings = WebhookSettings(**settings)
         if queue is None:
             queue = MemoryJobQueue(reactor)
+        self.queue = queue
         sender = WebhookSender(self.store, self.http, reactor, webhook_settings)
-        queue.start(sender.deliver)
+        # Each job's outcome, once the sender is done with it (delivered or
+        # given up): after that it sends nothing more for that job, so a
+        # test waits on this instead of sleeping before a negative check.
+        self.handed: list[str] = []
+        self.finished: DeferredQueue[bool] = DeferredQueue()
+
+        def deliver(job: str) -> Deferred[bool]:
+            self.handed.append(job)
+            d = sender.deliver(job)
+
+            def record(done: bool) -> bool:
+                self.finished.put(done)
+                return done
+
+            return d.addCallback(record)
+
+        queue.start(deliver)
 
         def stop() -> Deferred[None]:
             sender.stop()
@@ -181,6 +198,13 @@ class WebhookIntegrationTests(TestCase):
 
         self.addCleanup(stop)
         return WebhookEvents(self.store, queue, self.sink_clock, webhook_settings)
+
+    def queued(self) -> int:
+        """
+        Jobs in the pipeline's memory queue, waiting or being delivered.
+        """
+        assert isinstance(self.queue, MemoryJobQueue)
+        return self.queue.depth()
 
     def verified(self, receiver: Receiver, index: int = 0) -> dict[str, Any]:
         """
@@ -224,7 +248,8 @@ class WebhookIntegrationTests(TestCase):
         self.sink_clock.advance(1)
         sink.channel_occupied("42", "reloaded")
         self.sink_clock.advance(1.99)
-        await deferLater(reactor, 0.1, lambda: None)  # type: ignore[arg-type]
+        # Nothing was queued (the sink enqueues synchronously on its clock).
+        self.assertEqual((self.queued(), self.handed), (0, []))
         self.assertEqual(receiver.requests, [])
         self.sink_clock.advance(0.01)
         self.sink_clock.advance(0.05)
@@ -232,8 +257,9 @@ class WebhookIntegrationTests(TestCase):
         self.assertEqual(
             self.verified(receiver)["events"], [{"name": "channel_vacated", "channel": "gone"}]
         )
+        self.assertTrue(await self.finished.get())
         self.sink_clock.advance(10)
-        await deferLater(reactor, 0.2, lambda: None)  # type: ignore[arg-type]
+        self.assertEqual((self.queued(), len(self.handed)), (0, 1))
         self.assertEqual(len(receiver.requests), 1)
 
     async def test_retries_until_success(self) -> None:
@@ -249,7 +275,7 @@ class WebhookIntegrationTests(TestCase):
         bodies = {body for _, body in receiver.requests}
         self.assertEqual(len(bodies), 1)
         self.verified(receiver, 2)
-        await deferLater(reactor, 0.5, lambda: None)  # type: ignore[arg-type]
+        self.assertTrue(await self.finished.get())  # the job is done: no more tries
         self.assertEqual(len(receiver.requests), 3)
 
     async def test_timeout_retried(self) -> None:
@@ -272,7 +298,7 @@ class WebhookIntegrationTests(TestCase):
         sink.channel_occupied("42", "a")
         self.sink_clock.advance(0.05)
         await eventually(lambda: true(len(receiver.requests) == 1))
-        await deferLater(reactor, 0.6, lambda: None)  # type: ignore[arg-type]
+        self.assertTrue(await self.finished.get())  # given up: no retry
         self.assertEqual(len(receiver.requests), 1)
 
 
@@ -533,16 +559,22 @@ class SharedHoldTests(TestCase):
             pending = RedisPendingLeaves(redis, self.prefix + ":hold:")
             nodes.append((WebhookEvents(store, queue, clock, pending=pending), queue))
         (a, a_queue), (b, b_queue) = nodes
+
+        async def answered() -> None:
+            # One round trip on the shared connection: every hold, cancel or
+            # claim sent before it has been answered and acted on.
+            await redis.execute_command("PING")
+
         a.channel_vacated("1", "room")
-        await deferLater(reactor, 0.05, lambda: None)  # type: ignore[arg-type]
+        await answered()
         b.channel_occupied("1", "room")
-        await deferLater(reactor, 0.05, lambda: None)  # type: ignore[arg-type]
+        await answered()
         clock.advance(3)
-        await deferLater(reactor, 0.05, lambda: None)  # type: ignore[arg-type]
+        await answered()
         clock.advance(1)
         self.assertEqual((a_queue.jobs, b_queue.jobs), ([], []))
         a.channel_vacated("1", "room")
-        await deferLater(reactor, 0.05, lambda: None)  # type: ignore[arg-type]
+        await answered()
         clock.advance(3)
         await eventually(lambda: self._flushed(clock, a_queue))
         self.assertEqual(a_queue.events(), [[{"name": "channel_vacated", "channel": "room"}]])
