@@ -253,3 +253,36 @@ class ReactorTimerTests(SynchronousTestCase):
         A factory without the attribute is left alone.
         """
         self.assertFalse(compat.use_reactor_for_timers(object(), Clock()))
+
+
+class SendQueueTests(SynchronousTestCase):
+    """
+    Frames wait behind Autobahn's own queued writes; with the guard off
+    they all go through C{sendData}, and still arrive.
+    """
+
+    def test_recognised(self) -> None:
+        """
+        The installed Autobahn keeps the queue the guard looks for.
+        """
+        self.assertTrue(compat.SEND_QUEUE)
+
+    def test_queued(self) -> None:
+        """
+        With the guard on, C{writes_queued} says whether Autobahn holds writes.
+        """
+        c = Harness().connect()
+        self.assertFalse(compat.writes_queued(c.protocol))
+        c.protocol.send_queue.append((b"x", False))
+        self.assertTrue(compat.writes_queued(c.protocol))
+
+    def test_fallback(self) -> None:
+        """
+        With the guard off every frame counts as queued, and a subscribe is
+        still answered.
+        """
+        self.patch(compat, "SEND_QUEUE", False)
+        c = Harness().connect()
+        self.assertTrue(compat.writes_queued(c.protocol))
+        [ok] = c.send({"event": "pusher:subscribe", "data": {"channel": "a"}})
+        self.assertEqual(ok["event"], "pusher_internal:subscription_succeeded")

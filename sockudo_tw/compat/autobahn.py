@@ -22,6 +22,11 @@ installed version is in range and the internal has the expected shape:
     send C{deque} for a small list and rebuilds the instance C{__dict__}:
     about 2.7 KiB less for each held connection. Fallback: nothing is
     dropped (more memory per connection).
+  - L{SEND_QUEUE}: L{writes_queued} reads Autobahn's outgoing queue
+    (C{send_queue}, for sync or chopped sends), so that a frame written
+    straight to the transport never overtakes bytes Autobahn still holds.
+    Fallback: every frame is taken for queued and goes through
+    C{sendData} (no write corking).
   - L{CLOSE_FRAME}: L{close_invalid_payload} closes with 1007 through
     C{sendCloseFrame} (the public C{sendClose} refuses codes below 3000).
     Fallback: the factory turns on Autobahn's own UTF-8 validation
@@ -58,12 +63,14 @@ __all__ = [
     "KNOWN_RANGE",
     "LAZY_LOG_ARGUMENTS",
     "RECOGNISED",
+    "SEND_QUEUE",
     "SHED_HANDSHAKE",
     "TXAIO_KNOWN_RANGE",
     "QuietServerProtocol",
     "close_invalid_payload",
     "reactor_timer",
     "shed_handshake_state",
+    "writes_queued",
 ]
 
 CHECKED_ON = {"autobahn": "26.11.1", "txaio": "26.6.1"}
@@ -325,6 +332,22 @@ def shed_handshake_state(protocol: WebSocketServerProtocol) -> None:
     if not attributes.get("send_queue", True):
         attributes["send_queue"] = _SendQueue()
     protocol.__dict__ = dict(attributes)
+
+
+SEND_QUEUE = RECOGNISED and "send_queue" in (
+    autobahn_protocol.WebSocketProtocol._connectionMade.__code__.co_names
+)
+
+
+def writes_queued(protocol: WebSocketServerProtocol) -> bool:
+    """
+    Whether Autobahn still holds writes of its own for C{protocol}, which a
+    frame written past it would overtake. With L{SEND_QUEUE} off, always
+    true: the caller then sends through C{sendData}.
+    """
+    if not SEND_QUEUE:
+        return True
+    return bool(protocol.send_queue)
 
 
 # -- closing with 1007 ---------------------------------------------------------

@@ -16,7 +16,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from sockudo_tw.compat.autobahn import QuietServerProtocol
+from sockudo_tw.compat.autobahn import QuietServerProtocol, writes_queued
 from sockudo_tw.directwrite import idle_socket, write_now
 from sockudo_tw.framing import text_frame
 from sockudo_tw.pusher.errors import PusherErrorCode
@@ -154,7 +154,7 @@ class CorkedWriter(QuietServerProtocol):
             if pressure.buffered > self.factory.max_buffer_bytes:
                 self._over_capacity()
                 return
-        if self.send_queue:
+        if writes_queued(self):
             self.sendData(wire)
             return
         corked = self.factory._corked
