@@ -41,17 +41,7 @@ class ReportingEndpoint:
         """
         if self.bound.called:
             self.bound = Deferred()
-        bound = self.bound
-
-        def listening(port: IListeningPort) -> IListeningPort:
-            bound.callback(port)
-            return port
-
-        def failed(f: Failure) -> Failure:
-            bound.errback(f)
-            return f
-
-        return self.endpoint.listen(factory).addCallbacks(listening, failed)
+        return self.endpoint.listen(factory).addBoth(_pass_on, self.bound)
 
     def port(self) -> Deferred[IListeningPort]:
         """
@@ -60,17 +50,20 @@ class ReportingEndpoint:
         others).
         """
         result: Deferred[IListeningPort] = Deferred()
-
-        def bound(port: IListeningPort) -> IListeningPort:
-            result.callback(port)
-            return port
-
-        def failed(f: Failure) -> Failure:
-            result.errback(f)
-            return f
-
-        self.bound.addCallbacks(bound, failed)
+        self.bound.addBoth(_pass_on, result)
         return result
+
+
+def _pass_on(outcome: Any, to: Deferred[IListeningPort]) -> Any:
+    """
+    Fire C{to} with C{outcome} (a port or a failure) and keep C{outcome}
+    for the callbacks after this one.
+    """
+    if isinstance(outcome, Failure):
+        to.errback(outcome)
+    else:
+        to.callback(outcome)
+    return outcome
 
 
 def reporting_endpoint(listener: IService) -> ReportingEndpoint:
