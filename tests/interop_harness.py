@@ -39,12 +39,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 from twisted.internet import defer, protocol, task
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 __all__ = [
     "APP_ID",
@@ -60,6 +60,7 @@ __all__ = [
     "listening_socket",
     "match",
     "require_node",
+    "unavailable",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -105,6 +106,17 @@ def missing_node_dependencies() -> list[str]:
     return missing
 
 
+def unavailable(case: SynchronousTestCase, message: str) -> NoReturn:
+    """
+    A service or tool the test needs is missing: fail with C{CI=true}
+    (where .ci/run provides everything), skip elsewhere; C{message} names
+    what is missing.
+    """
+    if in_ci():
+        case.fail(message + " (CI=true, so this is a failure, not a skip)")
+    raise SkipTest(message)
+
+
 def require_node(case: TestCase) -> None:
     """
     Skip (outside CI) or fail (with C{CI=true}) when node or the pinned npm
@@ -115,10 +127,7 @@ def require_node(case: TestCase) -> None:
     missing = missing_node_dependencies()
     if not missing:
         return
-    message = "interop tests need " + "; ".join(missing)
-    if in_ci():
-        case.fail(message + " (CI=true, so this is a failure, not a skip)")
-    raise SkipTest(message)
+    unavailable(case, "interop tests need " + "; ".join(missing))
 
 
 def free_port() -> int:

@@ -22,21 +22,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
-from tests.interop_harness import daemon_argv, listening_socket
+from tests.interop_harness import daemon_argv, listening_socket, unavailable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO_ROOT / "bench"
 SERVER_START_TIMEOUT = 30.0
 BENCH_TIMEOUT = 180.0
-
-
-def _in_ci() -> bool:
-    """
-    Whether we run under CI, where a missing dependency must fail.
-    """
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
 def _missing() -> list[str]:
@@ -79,10 +72,7 @@ class BenchSmokeTests(SynchronousTestCase):
         """
         missing = _missing()
         if missing:
-            message = "bench smoke test needs " + " and ".join(missing)
-            if _in_ci():
-                self.fail(message)
-            raise SkipTest(message)
+            unavailable(self, "bench smoke test needs " + " and ".join(missing))
         sock = listening_socket()
         self.addCleanup(sock.close)
         self.port: int = sock.getsockname()[1]

@@ -6,7 +6,6 @@ C{CI=true}, skipped with a message otherwise).
 
 from __future__ import annotations
 
-import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
@@ -16,10 +15,11 @@ import txredisapi
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock, deferLater
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from sockudo_tw.queues import IJobQueue, MemoryJobQueue, RedisJobQueue
+from tests.interop_harness import unavailable
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -32,10 +32,7 @@ def require_redis(test: SynchronousTestCase) -> None:
     try:
         socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=1).close()
     except OSError:
-        message = f"Redis is not running on {REDIS_HOST}:{REDIS_PORT}"
-        if os.environ.get("CI") == "true":
-            test.fail(message + " (required in CI; .ci/run starts it)")
-        raise SkipTest(message) from None
+        unavailable(test, f"Redis is not running on {REDIS_HOST}:{REDIS_PORT}")
 
 
 async def connect_redis(test: TestCase) -> Any:
