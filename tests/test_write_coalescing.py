@@ -258,6 +258,32 @@ class CorkTests(SynchronousTestCase):
         self.assertEqual(self.names(a), ["e1", "e2", "e3"])
         self.assertNotIn(a.connection, self.reactor.getWriters())
 
+    def test_corks_again_once_drained(self) -> None:
+        """
+        After Twisted held bytes (a partial send, an Autobahn ping), the next
+        frame does not skip them; once they are written, frames are corked
+        into one C{send()} a turn again.
+        """
+        a = self.connect()
+        a.sock.limit = 7
+        self.broadcast("e1", 100)
+        self.reactor.advance(0)
+        a.sock.limit = None
+        a.protocol.sendPing(b"p")
+        self.broadcast("e2")
+        self.assertEqual(self.factory._corked, {})
+        a.pump()
+        a.sock.sends.clear()
+        self.broadcast("e3")
+        self.broadcast("e4")
+        self.assertEqual(a.sock.sends, [])
+        self.reactor.advance(0)
+        self.assertEqual(len(a.sock.sends), 1)
+        a.pump()
+        self.assertEqual([op for op, _ in a.raw[2:]], [1, 9, 1, 1, 1])
+        self.assertEqual(self.names(a), ["e1", "e2", "e3", "e4"])
+        self.assertNotIn(a.connection, self.reactor.getWriters())
+
     def test_send_errors(self) -> None:
         """
         C{EAGAIN} or another socket error hands the whole chunk to Twisted,

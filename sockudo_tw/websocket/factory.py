@@ -163,13 +163,29 @@ class PusherFactory(WebSocketServerFactory):
 
     def _uncork(self) -> None:
         """
-        Write each corked connection's frames with one C{send()}.
+        Write each corked connection's frames with one C{send()} on the
+        socket its writer kept; what the socket does not take (or all of
+        it, should the socket have been dropped since) goes to
+        C{transport.write}, and the connection takes the checked path
+        again.
         """
         self._uncork_call = None
         corked, self._corked = self._corked, {}
         for protocol, frames in corked.items():
+            data = b"".join(frames)  # one frame: joined without a copy
             try:
-                write_now(protocol.transport, b"".join(frames))
+                socket = protocol._backpressure.socket
+                if socket is None:
+                    write_now(protocol.transport, data)
+                    continue
+                try:
+                    sent = socket.send(data)
+                except OSError:
+                    sent = 0
+                if sent != len(data):
+                    protocol._backpressure.socket = None
+                    transport: Any = protocol.transport
+                    transport.write(data[sent:])
             except Exception:
                 self._log.failure("Writing to {socket_id} failed", socket_id=protocol.socket_id)
 

@@ -82,6 +82,7 @@ class CorkedWriter(QuietServerProtocol):
         nothing overtakes them.
         """
         self._uncork()
+        self._backpressure.socket = None  # Twisted may hold bytes now
         super().sendData(data, sync, chopsize)
 
     def dropConnection(self, abort: bool = False) -> None:  # noqa: N802 (Autobahn's name)
@@ -89,6 +90,7 @@ class CorkedWriter(QuietServerProtocol):
         Send the corked frames before a graceful drop (C{loseConnection}
         delivers what Twisted holds); an abort discards them.
         """
+        self._backpressure.socket = None
         if abort:
             self.factory._corked.pop(self, None)
         else:
@@ -99,6 +101,7 @@ class CorkedWriter(QuietServerProtocol):
         """
         Forget frames corked for a connection that is gone.
         """
+        self._backpressure.socket = None
         self.factory._corked.pop(self, None)
         super().connectionLost(reason)
 
@@ -145,6 +148,29 @@ class CorkedWriter(QuietServerProtocol):
         one C{send()}), else straight to the transport; close 4100 when the
         client stopped reading and more than the factory's buffer limit
         piled up.
+
+        This is the broadcast hot path: once a connection was found idle
+        its socket is kept on L{Backpressure.socket}, and frames for it are
+        only corked until something else writes (C{sendData}), a send is
+        partial, the buffer fills or the connection drops, each of which
+        clears it.
+        """
+        if self._backpressure.socket is not None:
+            corked = self.factory._corked
+            frames = corked.get(self)
+            if frames is None:
+                if not corked:
+                    self.factory._schedule_uncork()
+                corked[self] = [wire]
+            else:
+                frames.append(wire)
+            return
+        self._send_wire_slowly(wire)
+
+    def _send_wire_slowly(self, wire: bytes) -> None:
+        """
+        L{send_wire} when the connection is not known to be idle: check
+        everything, and keep the socket when it is idle after all.
         """
         if self._gone or self.state != self.STATE_OPEN:
             return
@@ -157,15 +183,11 @@ class CorkedWriter(QuietServerProtocol):
         if writes_queued(self):
             self.sendData(wire)
             return
-        corked = self.factory._corked
-        pending = corked.get(self)
-        if pending is not None:
-            pending.append(wire)
-        elif not pressure.paused and idle_socket(self.transport):
-            corked[self] = [wire]
-            self.factory._schedule_uncork()
+        transport: Any = self.transport
+        if not pressure.paused and idle_socket(transport):
+            pressure.socket = transport.getHandle()
+            self.send_wire(wire)
         else:
-            transport: Any = self.transport
             transport.write(wire)
 
     def send_frame(self, frame: bytes) -> None:
