@@ -12,7 +12,7 @@ L{PusherApi.resource} is the twisted.web resource for every other request.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
@@ -23,7 +23,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from sockudo_tw.adapters import IAdapter
-from sockudo_tw.appstores import IAppStore, ISyncAppLookup
+from sockudo_tw.appstores import AppStoreUnavailableError, IAppStore, ISyncAppLookup
 from sockudo_tw.caches import IChannelCache
 from sockudo_tw.pusher.app import App
 from sockudo_tw.pusher.channels import channel_type
@@ -196,9 +196,11 @@ class PusherApi:
 
     def _find_app(self, need: FindApp) -> object:
         if need.app_id is not None:
-            return self._app_store.find_by_id(need.app_id)
-        assert need.key is not None
-        return self._app_store.find_by_key(need.key)
+            found = self._app_store.find_by_id(need.app_id)
+        else:
+            assert need.key is not None
+            found = self._app_store.find_by_key(need.key)
+        return found.addErrback(_store_unavailable)
 
     def _count_rate(self, need: CountRate) -> object:
         assert self._rate_limiter is not None
@@ -291,3 +293,18 @@ class _ApiResource(Resource):
         request.notifyFinish().addErrback(went)  # type: ignore[attr-defined]
         answer.addCallback(done)
         return NOT_DONE_YET
+
+
+def _store_unavailable(failure: Failure) -> NoReturn:
+    """
+    A database of apps that cannot answer is the API's 503 (try again),
+    not a 500 with a traceback.
+    """
+    if not isinstance(failure.value, AppStoreUnavailableError):
+        failure.raiseException()
+    raise ApiError(
+        503,
+        "The app store is unavailable; try again later",
+        headers=((b"Retry-After", b"5"),),
+        log=failure.getErrorMessage(),
+    )

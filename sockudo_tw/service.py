@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from sockudo_tw.adapters import IAdapter, build_adapter
 from sockudo_tw.appstores import IAppStore, build_app_store
+from sockudo_tw.appstores.caching import CachedAppStore
 from sockudo_tw.caches import IChannelCache, build_cache
 from sockudo_tw.config import ConfigError, RateLimit, ServerConfig
 from sockudo_tw.hooks import IPusherEvents
@@ -747,6 +748,22 @@ def _add_backends(root: SockudoService, webhooks: WebhookParts, adapter: IAdapte
         IService(adapter).setServiceParent(root)
 
 
+def _add_app_store(
+    root: SockudoService, reactor: Any, app_store: IAppStore, metrics: PusherMetrics | None
+) -> None:
+    """
+    A database app store prepares its table once the reactor runs,
+    reports whether it answers in the metrics, and closes last.
+    """
+    if not isinstance(app_store, CachedAppStore):
+        return
+    store = app_store
+    root.prepare_steps.append(lambda: reactor.callWhenRunning(store.start))
+    root.close_steps.append(store.stop)
+    if metrics is not None:
+        metrics.watch(app_store_up=lambda: store.reachable)
+
+
 def make_service(
     config: ServerConfig,
     reactor: Any,
@@ -807,6 +824,7 @@ def make_service(
         warnings,
     )
     _add_backends(root, webhooks, adapter)
+    _add_app_store(root, reactor, app_store, metrics)
     descriptions = list(listen) or config_listeners(config)
     if not listen and config.unix_socket.enabled:
         path = config.unix_socket.path

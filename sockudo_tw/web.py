@@ -33,7 +33,7 @@ from twisted.web.resource import IResource, NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from sockudo_tw.appstores import IAppStore
+from sockudo_tw.appstores import AppStoreUnavailableError, IAppStore
 from sockudo_tw.compat.twisted import request_gone
 from sockudo_tw.config import HttpLimits
 
@@ -140,6 +140,8 @@ class HealthResource(Resource):
                     timeout=HEALTH_CHECK_TIMEOUT,
                     app_id=self._app_id,
                 )
+            elif failure.check(AppStoreUnavailableError):
+                pass  # the app store logs its outage once
             else:
                 self._log.failure(
                     "Health check failed for app {app_id}", failure, app_id=self._app_id
@@ -180,6 +182,10 @@ class HealthResource(Resource):
         request.setResponseCode(_STATUS[status])
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"x-health-check", status.encode("ascii"))
+        if not getattr(self._app_store, "reachable", True):
+            # Known apps are still served from memory: say so without
+            # failing the check (every node shares the database).
+            request.setHeader(b"x-app-store", b"unreachable")
         request.setHeader(b"cache-control", b"no-store")
         if request.method != b"HEAD":
             request.write(status.encode("ascii"))

@@ -10,10 +10,9 @@ behind the same interface, as a module and a L{DRIVERS} entry each.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 from zope.interface import Interface
 
 from sockudo_tw.pusher.app import App
@@ -21,7 +20,23 @@ from sockudo_tw.pusher.app import App
 if TYPE_CHECKING:
     from sockudo_tw.config import ServerConfig
 
-__all__ = ["DRIVERS", "IAppStore", "ISyncAppLookup", "MemoryAppStore", "build_app_store"]
+__all__ = [
+    "DRIVERS",
+    "AppStoreUnavailableError",
+    "IAppSource",
+    "IAppStore",
+    "ISyncAppLookup",
+    "MemoryAppStore",
+    "build_app_store",
+]
+
+
+class AppStoreUnavailableError(Exception):
+    """
+    The database of apps cannot answer and the app asked for is not known
+    from before: connections are refused with 4102 (back off, reconnect)
+    and API requests with 503.
+    """
 
 
 class IAppStore(Interface):
@@ -60,10 +75,57 @@ class ISyncAppLookup(Interface):
         """
 
 
-AppStoreFactory = Callable[["ServerConfig", IReactorTime], IAppStore]
+class IAppSource(Interface):
+    """
+    A table of apps in a database (SQL, DynamoDB), asked only through
+    L{sockudo_tw.appstores.caching.CachedAppStore}, which keeps the hot
+    path off it. Every method runs its I/O off the reactor thread; a
+    Deferred fails (with any exception) when the database cannot answer,
+    and fires with L{None} for an app that is not there. A row that does
+    not make a valid app is logged by the source and treated as absent.
+    """
+
+    description: str
+    """
+    What to call this source in logs and errors (C{"MySQL applications at
+    127.0.0.1:3306/sockudo"}), without secrets.
+    """
+
+    def prepare() -> Deferred[None]:
+        """
+        Connect, create the table if it is missing and add the columns it
+        lacks, so that a table Sockudo made or we made works unchanged.
+        """
+
+    def fetch_by_id(app_id: str) -> Deferred[App | None]:
+        """
+        The app with this id, from the database.
+        """
+
+    def fetch_by_key(key: str) -> Deferred[App | None]:
+        """
+        The app with this key, from the database.
+        """
+
+    def fetch_all() -> Deferred[list[App]]:
+        """
+        Every valid app in the table.
+        """
+
+    def close() -> Deferred[None]:
+        """
+        Release connections and threads (at shutdown).
+        """
 
 
-def _memory(config: ServerConfig, reactor: IReactorTime) -> IAppStore:
+AppStoreFactory = Callable[["ServerConfig", Any], IAppStore]
+"""
+Builds a store from the config and the reactor (its time, and for
+database stores its threads).
+"""
+
+
+def _memory(config: ServerConfig, reactor: Any) -> IAppStore:
     from sockudo_tw.appstores.memory import MemoryAppStore
 
     return MemoryAppStore(config.app_manager.apps)
@@ -76,7 +138,7 @@ the config refuses the drivers sockudo-tw does not implement.
 """
 
 
-def build_app_store(config: ServerConfig, reactor: IReactorTime) -> IAppStore:
+def build_app_store(config: ServerConfig, reactor: Any) -> IAppStore:
     """
     The app store C{app_manager.driver} names.
     """

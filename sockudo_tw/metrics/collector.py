@@ -90,6 +90,7 @@ class PusherMetrics:
         active_channels: Callable[[], Mapping[str, Mapping[str, int]]] = _no_channels,
         cluster_links: Callable[[], Mapping[str, bool]] = _no_links,
         webhook_queue_depth: Callable[[], int | None] = _no_queue,
+        app_store_up: Callable[[], bool | None] = lambda: None,
     ) -> None:
         """
         Register on C{registry}.
@@ -102,6 +103,8 @@ class PusherMetrics:
             C{subscriber}) and whether it is up, read at scrape time.
         @param webhook_queue_depth: Webhook jobs waiting, or L{None} without
             a queue, read at scrape time.
+        @param app_store_up: Whether the database of apps answers, or
+            L{None} for apps held in memory, read at scrape time.
         """
         self.registry = registry
         self.port = port
@@ -111,6 +114,7 @@ class PusherMetrics:
         self._active_channels = active_channels
         self._cluster_links = cluster_links
         self._webhook_queue_depth = webhook_queue_depth
+        self._app_store_up = app_store_up
         self._apps: dict[str, AppMetrics] = {}
         registry.register(self)
 
@@ -121,6 +125,7 @@ class PusherMetrics:
         active_channels: Callable[[], Mapping[str, Mapping[str, int]]] | None = None,
         cluster_links: Callable[[], Mapping[str, bool]] | None = None,
         webhook_queue_depth: Callable[[], int | None] | None = None,
+        app_store_up: Callable[[], bool | None] | None = None,
     ) -> None:
         """
         Set scrape-time sources that exist only after the metrics do (the
@@ -135,6 +140,8 @@ class PusherMetrics:
             self._cluster_links = cluster_links
         if webhook_queue_depth is not None:
             self._webhook_queue_depth = webhook_queue_depth
+        if app_store_up is not None:
+            self._app_store_up = app_store_up
 
     def app(self, app_id: str) -> AppMetrics:
         """
@@ -180,6 +187,7 @@ class PusherMetrics:
             ("active_channels", "gauge"),
             ("cluster_link_up", "gauge"),
             ("webhook_queue_depth", "gauge"),
+            ("app_store_up", "gauge"),
         )
         for counter in COUNTERS:
             yield counter[0], "counter"
@@ -263,6 +271,14 @@ class PusherMetrics:
                 "webhook_queue_depth", "Webhook requests waiting to be sent", "gauge"
             )
             family.add_sample(family.name, {"port": self._port}, float(depth))
+            yield family
+
+        store_up = self._read(self._app_store_up, "app_store_up")
+        if store_up is not None:
+            family = self._family(
+                "app_store_up", "Whether the database of apps answers (1) or not (0)", "gauge"
+            )
+            family.add_sample(family.name, {"port": self._port}, 1.0 if store_up else 0.0)
             yield family
 
     def _counters(self, apps: list[AppMetrics]) -> Iterator[Metric]:

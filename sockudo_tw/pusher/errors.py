@@ -35,6 +35,7 @@ class PusherErrorCode(IntEnum):
     UNAUTHORIZED = 4009
     OVER_CAPACITY = 4100
     MESSAGE_RATE_LIMIT = 4101
+    APP_STORE_UNAVAILABLE = 4102  # ours: the database of apps is down; back off, reconnect
     RECONNECT_NOW = 4200
     PONG_NOT_RECEIVED = 4201
     CLOSED_AFTER_INACTIVITY = 4202

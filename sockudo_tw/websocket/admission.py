@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from sockudo_tw.adapters import IAdapter
-from sockudo_tw.appstores import IAppStore
+from sockudo_tw.appstores import AppStoreUnavailableError, IAppStore
 from sockudo_tw.pusher.app import App
 from sockudo_tw.pusher.errors import PusherError, PusherErrorCode
 from sockudo_tw.pusher.session import check_protocol, origin_allowed, parse_app_key
@@ -38,7 +38,13 @@ async def admit(
     error = check_protocol(params)
     if error is not None:
         return None, error
-    app = await app_store.find_by_key(key)
+    try:
+        app = await app_store.find_by_key(key)
+    except AppStoreUnavailableError:
+        return None, PusherError(
+            PusherErrorCode.APP_STORE_UNAVAILABLE,
+            "The app store is unavailable; reconnect later",
+        )
     if app is None:
         return None, PusherError(
             PusherErrorCode.APP_NOT_FOUND,
