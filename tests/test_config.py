@@ -767,13 +767,13 @@ class RefusedTests(SynchronousTestCase):
 
     def test_app_manager_drivers(self) -> None:
         """
-        Database app managers are refused instead of running with no apps.
+        The ScyllaDB app manager is refused instead of running with no apps.
         """
-        for driver in ("mysql", "pgsql", "postgres", "postgresql", "dynamodb", "scylladb"):
+        for driver in ("scylladb", "scylla"):
             self.assertRefused(
                 {"app_manager": {"driver": driver}}, {}, "app_manager.driver", "refused"
             )
-        self.assertRefused({}, {"APP_MANAGER_DRIVER": "mysql"}, "APP_MANAGER_DRIVER", "refused")
+        self.assertRefused({}, {"APP_MANAGER_DRIVER": "scylla"}, "APP_MANAGER_DRIVER", "refused")
 
     def test_cache_drivers(self) -> None:
         """
@@ -804,13 +804,14 @@ class RefusedTests(SynchronousTestCase):
 
     def test_adapter_and_queue_drivers(self) -> None:
         """
-        The NATS and Redis Cluster adapters, and the SQS and Redis Cluster
-        queues, are refused by the config itself.
+        The NATS and Redis Cluster adapters, and the Redis Cluster queue,
+        are refused by the config itself.
         """
         for driver in ("nats", "redis-cluster"):
             self.assertRefused({"adapter": {"driver": driver}}, {}, "adapter.driver", driver)
-        for driver in ("sqs", "redis-cluster"):
-            self.assertRefused({"queue": {"driver": driver}}, {}, "queue.driver", driver)
+        self.assertRefused(
+            {"queue": {"driver": "redis-cluster"}}, {}, "queue.driver", "redis-cluster"
+        )
 
     def test_cluster_mode(self) -> None:
         """
@@ -970,19 +971,14 @@ class WarnedTests(SynchronousTestCase):
 
     def test_env_of_unimplemented_drivers(self) -> None:
         """
-        Variables of drivers sockudo-tw refuses (NATS, Redis Cluster, SQL,
-        DynamoDB, SQS) and of Sockudo internals are named, not read (so a
+        Variables of drivers sockudo-tw refuses (NATS, Redis Cluster) and of
+        Sockudo internals are named, not read (so a
         malformed value is no error).
         """
         env = {
             "NATS_SERVERS": "nats://n:4222",
             "NATS_REQUEST_TIMEOUT_MS": "soon",
             "REDIS_CLUSTER_NODES": "redis://a:7000",
-            "DATABASE_MYSQL_HOST": "m",
-            "DATABASE_POSTGRES_PORT": "5432",
-            "DATABASE_DYNAMODB_REGION": "eu-west-1",
-            "DATABASE_POOL_MAX": "3",
-            "QUEUE_SQS_FIFO": "true",
             "CLEANUP_BATCH_SIZE": "5",
             "RUST_LOG": "debug",
         }
@@ -1297,6 +1293,11 @@ class KeyTableTests(SynchronousTestCase):
     WARNED_VALUES: dict[str, Any] = {
         "logging.include_target": False,
         "database.redis.sentinels": ["sentinel:26379"],
+        **{
+            f"database.{db}.{key}": 1
+            for db in ("mysql", "postgres")
+            for key in ("cache_ttl", "cache_cleanup_interval", "cache_max_capacity")
+        },
     }
 
     def test_parser_reads_the_table(self) -> None:
@@ -1456,7 +1457,7 @@ class CommandLineTests(SynchronousTestCase):
         from twisted.python.usage import UsageError
 
         with self.assertRaises(UsageError) as caught:
-            self.options(env={"APP_MANAGER_DRIVER": "mysql"})
+            self.options(env={"APP_MANAGER_DRIVER": "scylladb"})
         self.assertIn("APP_MANAGER_DRIVER (sets app_manager.driver", str(caught.exception))
         with self.assertRaises(UsageError) as caught:
             self.options(env={"REDIS_URL": "rediss://:pw@h:0"})

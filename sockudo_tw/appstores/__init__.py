@@ -131,7 +131,39 @@ def _memory(config: ServerConfig, reactor: Any) -> IAppStore:
     return MemoryAppStore(config.app_manager.apps)
 
 
-DRIVERS: dict[str, AppStoreFactory] = {"memory": _memory}
+def _cached(source: IAppSource, config: ServerConfig, reactor: Any) -> IAppStore:
+    """
+    A database's apps behind the cache every database store has.
+    """
+    from sockudo_tw.appstores.caching import CachedAppStore
+
+    return CachedAppStore(source, reactor, ttl=config.app_manager.cache_ttl)
+
+
+def _mysql(config: ServerConfig, reactor: Any) -> IAppStore:
+    from sockudo_tw.appstores.mysql import source_from_config
+
+    return _cached(source_from_config(config, reactor), config, reactor)
+
+
+def _postgres(config: ServerConfig, reactor: Any) -> IAppStore:
+    from sockudo_tw.appstores.postgres import source_from_config
+
+    return _cached(source_from_config(config, reactor), config, reactor)
+
+
+def _dynamodb(config: ServerConfig, reactor: Any) -> IAppStore:
+    from sockudo_tw.appstores.dynamodb import source_from_config
+
+    return _cached(source_from_config(config, reactor), config, reactor)
+
+
+DRIVERS: dict[str, AppStoreFactory] = {
+    "memory": _memory,
+    "mysql": _mysql,
+    "pgsql": _postgres,
+    "dynamodb": _dynamodb,
+}
 """
 C{app_manager.driver} to the factory building the store from the config;
 the config refuses the drivers sockudo-tw does not implement.

@@ -100,6 +100,39 @@ _ENV: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("LOG_OUTPUT_FORMAT", ("logging", "output_format"), "str"),
     ("LOG_COLORS_ENABLED", ("logging", "colors_enabled"), "bool"),
     ("LOG_INCLUDE_TARGET", ("logging", "include_target"), "bool"),
+    *(
+        (f"DATABASE_{db.upper()}_{name.upper()}", ("database", db, name), kind)
+        for db in ("mysql", "postgres")
+        for name, kind in (
+            ("host", "str"),
+            ("port", "int"),
+            ("username", "str"),
+            ("password", "str"),
+            ("database", "str"),
+            ("table_name", "str"),
+            ("pool_min", "int"),
+            ("pool_max", "int"),
+        )
+    ),
+    ("DATABASE_CONNECTION_POOL_SIZE", ("database", "mysql", "connection_pool_size"), "int"),
+    ("DATABASE_CONNECTION_POOL_SIZE", ("database", "postgres", "connection_pool_size"), "int"),
+    ("DATABASE_POOLING_ENABLED", ("database_pooling", "enabled"), "bool"),
+    ("DATABASE_POOL_MIN", ("database_pooling", "min"), "int"),
+    ("DATABASE_POOL_MAX", ("database_pooling", "max"), "int"),
+    ("DATABASE_DYNAMODB_REGION", ("database", "dynamodb", "region"), "str"),
+    ("DATABASE_DYNAMODB_TABLE_NAME", ("database", "dynamodb", "table_name"), "str"),
+    ("DATABASE_DYNAMODB_ENDPOINT_URL", ("database", "dynamodb", "endpoint_url"), "str"),
+    ("AWS_ACCESS_KEY_ID", ("database", "dynamodb", "aws_access_key_id"), "str"),
+    ("AWS_SECRET_ACCESS_KEY", ("database", "dynamodb", "aws_secret_access_key"), "str"),
+    ("QUEUE_SQS_REGION", ("queue", "sqs", "region"), "str"),
+    ("QUEUE_SQS_QUEUE_URL_PREFIX", ("queue", "sqs", "queue_url_prefix"), "str"),
+    ("QUEUE_SQS_VISIBILITY_TIMEOUT", ("queue", "sqs", "visibility_timeout"), "int"),
+    ("QUEUE_SQS_MAX_MESSAGES", ("queue", "sqs", "max_messages"), "int"),
+    ("QUEUE_SQS_WAIT_TIME_SECONDS", ("queue", "sqs", "wait_time_seconds"), "int"),
+    ("QUEUE_SQS_CONCURRENCY", ("queue", "sqs", "concurrency"), "int"),
+    ("QUEUE_SQS_FIFO", ("queue", "sqs", "fifo"), "bool"),
+    ("QUEUE_SQS_MESSAGE_GROUP_ID", ("queue", "sqs", "message_group_id"), "str"),
+    ("QUEUE_SQS_ENDPOINT_URL", ("queue", "sqs", "endpoint_url"), "str"),
 )
 
 # Sockudo's variables for drivers sockudo-tw does not implement (all refused
@@ -120,62 +153,6 @@ _ENV_OF_UNIMPLEMENTED: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         'the "redis-cluster" adapter and queue drivers',
         ("REDIS_CLUSTER_NODES", "REDIS_CLUSTER_QUEUE_CONCURRENCY", "REDIS_CLUSTER_QUEUE_PREFIX"),
-    ),
-    (
-        'app_manager.driver "mysql"',
-        (
-            "DATABASE_MYSQL_HOST",
-            "DATABASE_MYSQL_PORT",
-            "DATABASE_MYSQL_USERNAME",
-            "DATABASE_MYSQL_PASSWORD",
-            "DATABASE_MYSQL_DATABASE",
-            "DATABASE_MYSQL_TABLE_NAME",
-            "DATABASE_MYSQL_POOL_MIN",
-            "DATABASE_MYSQL_POOL_MAX",
-        ),
-    ),
-    (
-        'app_manager.driver "postgres"',
-        (
-            "DATABASE_POSTGRES_HOST",
-            "DATABASE_POSTGRES_PORT",
-            "DATABASE_POSTGRES_USERNAME",
-            "DATABASE_POSTGRES_PASSWORD",
-            "DATABASE_POSTGRES_DATABASE",
-            "DATABASE_POSTGRES_POOL_MIN",
-            "DATABASE_POSTGRES_POOL_MAX",
-        ),
-    ),
-    (
-        'app_manager.driver "dynamodb"',
-        (
-            "DATABASE_DYNAMODB_REGION",
-            "DATABASE_DYNAMODB_TABLE_NAME",
-            "DATABASE_DYNAMODB_ENDPOINT_URL",
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-        ),
-    ),
-    (
-        'the SQL app managers ("mysql", "postgres")',
-        (
-            "DATABASE_POOLING_ENABLED",
-            "DATABASE_POOL_MIN",
-            "DATABASE_POOL_MAX",
-            "DATABASE_CONNECTION_POOL_SIZE",
-        ),
-    ),
-    (
-        'queue.driver "sqs"',
-        (
-            "QUEUE_SQS_REGION",
-            "QUEUE_SQS_VISIBILITY_TIMEOUT",
-            "QUEUE_SQS_MAX_MESSAGES",
-            "QUEUE_SQS_WAIT_TIME_SECONDS",
-            "QUEUE_SQS_CONCURRENCY",
-            "QUEUE_SQS_FIFO",
-            "QUEUE_SQS_ENDPOINT_URL",
-        ),
     ),
 )
 

@@ -158,19 +158,22 @@ KEYS: tuple[Key, ...] = (
         "app_manager.driver",
         "memory",
         HONOURED,
-        'anything but "memory" is refused (not implemented)',
+        '"scylladb" is refused (not implemented)',
     ),
     Key(
         "app_manager.cache.enabled",
         True,
-        WARNED,
-        "ignored; the memory app manager serves apps from memory, nothing to cache",
+        HONOURED,
+        "false is ignored with a warning: the database drivers always cache apps, so that"
+        " connections and triggers never wait on the database for a known app; with"
+        " memory, ignored with a warning",
     ),
     Key(
         "app_manager.cache.ttl",
         300,
-        WARNED,
-        "ignored; the memory app manager serves apps from memory, nothing to cache",
+        HONOURED,
+        "seconds the database drivers use an app read from the database; with memory,"
+        " ignored with a warning",
     ),
     Key(
         "cache.driver",
@@ -218,7 +221,15 @@ KEYS: tuple[Key, ...] = (
         "true is refused: Redis Cluster is not supported",
     ),
     Key("queue.redis_cluster.request_timeout_ms", None, ACCEPTED),
-    Key("queue.sqs", None, ACCEPTED),
+    Key("queue.sqs.region", "us-east-1", HONOURED),
+    Key("queue.sqs.queue_url_prefix", None, HONOURED),
+    Key("queue.sqs.visibility_timeout", 30, HONOURED),
+    Key("queue.sqs.endpoint_url", None, HONOURED),
+    Key("queue.sqs.max_messages", 10, HONOURED),
+    Key("queue.sqs.wait_time_seconds", 5, HONOURED),
+    Key("queue.sqs.concurrency", 5, HONOURED),
+    Key("queue.sqs.fifo", False, HONOURED),
+    Key("queue.sqs.message_group_id", "default", HONOURED),
     Key("rate_limiter.enabled", False, HONOURED),
     Key(
         "rate_limiter.driver",
@@ -300,9 +311,72 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("database.redis.name", None, WARNED, "ignored (as in Sockudo): Sentinel is not used"),
     Key("database.redis.cluster_nodes", None, ACCEPTED),
-    Key("database.mysql", None, ACCEPTED),
-    Key("database.postgres", None, ACCEPTED),
-    Key("database.dynamodb", None, ACCEPTED),
+    Key("database.mysql.host", "127.0.0.1", HONOURED),
+    Key("database.mysql.port", 3306, HONOURED),
+    Key("database.mysql.username", "root", HONOURED),
+    Key("database.mysql.password", "", HONOURED),
+    Key("database.mysql.database", "sockudo", HONOURED),
+    Key("database.mysql.table_name", "applications", HONOURED),
+    Key("database.mysql.pool_min", None, HONOURED),
+    Key("database.mysql.pool_max", None, HONOURED),
+    Key("database.mysql.connection_pool_size", None, HONOURED),
+    Key("database.postgres.host", "127.0.0.1", HONOURED),
+    Key("database.postgres.port", 5432, HONOURED),
+    Key("database.postgres.username", "postgres", HONOURED),
+    Key("database.postgres.password", "", HONOURED),
+    Key("database.postgres.database", "sockudo", HONOURED),
+    Key("database.postgres.table_name", "applications", HONOURED),
+    Key("database.postgres.pool_min", None, HONOURED),
+    Key("database.postgres.pool_max", None, HONOURED),
+    Key("database.postgres.connection_pool_size", None, HONOURED),
+    Key(
+        "database.mysql.cache_ttl",
+        None,
+        WARNED,
+        "ignored (unless it matches what the app store does); app_manager.cache.ttl sets how"
+        " long apps are cached",
+    ),
+    Key(
+        "database.mysql.cache_cleanup_interval",
+        None,
+        WARNED,
+        "ignored (unless it matches what the app store does); app_manager.cache.ttl sets how"
+        " long apps are cached",
+    ),
+    Key(
+        "database.mysql.cache_max_capacity",
+        None,
+        WARNED,
+        "ignored (unless it matches what the app store does); app_manager.cache.ttl sets how"
+        " long apps are cached",
+    ),
+    Key(
+        "database.postgres.cache_ttl",
+        None,
+        WARNED,
+        "ignored (unless it matches what the app store does); app_manager.cache.ttl sets how"
+        " long apps are cached",
+    ),
+    Key(
+        "database.postgres.cache_cleanup_interval",
+        None,
+        WARNED,
+        "ignored (unless it matches what the app store does); app_manager.cache.ttl sets how"
+        " long apps are cached",
+    ),
+    Key(
+        "database.postgres.cache_max_capacity",
+        None,
+        WARNED,
+        "ignored (unless it matches what the app store does); app_manager.cache.ttl sets how"
+        " long apps are cached",
+    ),
+    Key("database.dynamodb.region", "us-east-1", HONOURED),
+    Key("database.dynamodb.table_name", "sockudo-applications", HONOURED),
+    Key("database.dynamodb.endpoint_url", None, HONOURED),
+    Key("database.dynamodb.aws_access_key_id", None, HONOURED),
+    Key("database.dynamodb.aws_secret_access_key", None, HONOURED),
+    Key("database.dynamodb.aws_profile_name", None, HONOURED),
     Key("database.scylladb", None, ACCEPTED),
     Key("logging.output_format", "human", HONOURED),
     Key("logging.colors_enabled", True, WARNED, "true is ignored; log lines are never coloured"),
@@ -344,7 +418,9 @@ KEYS: tuple[Key, ...] = (
         "the top-level copy is unused (as in Sockudo); set adapter.cluster_health instead",
     ),
     Key("cleanup", None, WARNED, "ignored; a disconnect is cleaned up at once"),
-    Key("database_pooling", None, ACCEPTED),
+    Key("database_pooling.enabled", True, HONOURED, "false: one connection per SQL pool"),
+    Key("database_pooling.min", 2, HONOURED),
+    Key("database_pooling.max", 10, HONOURED),
 )
 
 KEY_TABLE: Mapping[str, Key] = {key.path: key for key in KEYS}
@@ -436,6 +512,27 @@ class CacheConfig:
 
 
 @attrs.frozen
+class SqsConfig:
+    """
+    C{queue.sqs}: the SQS webhook queue (Sockudo's keys and defaults).
+
+    @ivar queue_url_prefix: the queue URL is this plus C{webhooks} (plus
+        C{.fifo}); unset, the queue is looked up by name or created.
+    @ivar endpoint_url: another SQS endpoint (moto, LocalStack).
+    """
+
+    region: str = "us-east-1"
+    queue_url_prefix: str | None = None
+    visibility_timeout: int = 30
+    endpoint_url: str | None = None
+    max_messages: int = 10
+    wait_time_seconds: int = 5
+    concurrency: int = 5
+    fifo: bool = False
+    message_group_id: str = "default"
+
+
+@attrs.frozen
 class QueueConfig:
     """
     C{queue}: the webhook job queue.
@@ -448,6 +545,7 @@ class QueueConfig:
     redis_cluster_nodes: tuple[str, ...] = ("redis://127.0.0.1:6379",)
     redis_cluster_concurrency: int = 5
     redis_cluster_prefix: str = "sockudo_queue:"
+    sqs: SqsConfig = SqsConfig()
 
 
 @attrs.frozen
@@ -610,6 +708,41 @@ class DatabaseRedisConfig:
 
 
 @attrs.frozen
+class SqlDatabaseConfig:
+    """
+    C{database.mysql} or C{database.postgres}: where a SQL app store finds
+    its table. C{pool_min}/C{pool_max} bound the connection pool
+    (C{database_pooling} and C{DATABASE_CONNECTION_POOL_SIZE} set them too).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 3306
+    username: str = "root"
+    password: str = ""
+    database: str = "sockudo"
+    table_name: str = "applications"
+    pool_min: int = 2
+    pool_max: int = 10
+
+
+@attrs.frozen
+class DynamoDbConfig:
+    """
+    C{database.dynamodb}: the DynamoDB app store's table (hash key C{id},
+    global secondary index C{KeyIndex} on C{key}).
+
+    @ivar endpoint_url: another DynamoDB endpoint (moto, DynamoDB Local).
+    """
+
+    region: str = "us-east-1"
+    table_name: str = "sockudo-applications"
+    endpoint_url: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_profile_name: str | None = None
+
+
+@attrs.frozen
 class LoggingConfig:
     """
     How logs are written: C{human} text lines or C{json} lines.
@@ -675,6 +808,9 @@ class ServerConfig:
     unix_socket: UnixSocketConfig = UnixSocketConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     database_redis: DatabaseRedisConfig = DatabaseRedisConfig()
+    database_mysql: SqlDatabaseConfig = SqlDatabaseConfig()
+    database_postgres: SqlDatabaseConfig = SqlDatabaseConfig(port=5432, username="postgres")
+    database_dynamodb: DynamoDbConfig = DynamoDbConfig()
     logging: LoggingConfig = LoggingConfig()
     websocket_limits: WebSocketLimitsConfig = WebSocketLimitsConfig()
     workers: int = 1

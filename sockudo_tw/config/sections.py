@@ -33,6 +33,7 @@ from sockudo_tw.config.schema import (
     ConfigError,
     CorsConfig,
     DatabaseRedisConfig,
+    DynamoDbConfig,
     HttpLimits,
     LoggingConfig,
     MetricsConfig,
@@ -41,6 +42,8 @@ from sockudo_tw.config.schema import (
     RateLimit,
     RateLimiterConfig,
     ServerConfig,
+    SqlDatabaseConfig,
+    SqsConfig,
     SslConfig,
     UnixSocketConfig,
     WebhooksConfig,
@@ -89,7 +92,7 @@ def parse_tree(
     cors = parse_cors(top)
     unix_socket = parse_unix_socket(top)
     webhooks = parse_webhooks(top)
-    database_redis = parse_database(top)
+    databases = parse_database(top, app_manager.cache_ttl)
     logging = parse_logging(top)
     websocket_limits = parse_websocket_limits(top)
     http_limits = parse_http_api(top)
@@ -116,7 +119,10 @@ def parse_tree(
         cors=cors,
         unix_socket=unix_socket,
         webhooks=webhooks,
-        database_redis=database_redis,
+        database_redis=databases.redis,
+        database_mysql=databases.mysql,
+        database_postgres=databases.postgres,
+        database_dynamodb=databases.dynamodb,
         logging=logging,
         websocket_limits=websocket_limits,
         workers=top.integer("workers", minimum=1),
@@ -137,7 +143,6 @@ def parse_top_level_rest(top: Section) -> None:
     refuse_path_prefix(top.optional_string("path_prefix"))
     top.warn_if_present("cluster_health")
     top.warn_if_present("cleanup")
-    top.ignore("database_pooling")
     top.finish()
 
 
@@ -251,11 +256,22 @@ def parse_app_manager(
         cache_enabled=manager_cache.boolean("enabled"),
         cache_ttl=manager_cache.integer("ttl"),
     )
-    if config.driver != "memory":
+    if config.driver == "scylladb":
         refuse_unimplemented("app_manager.driver", config.driver, UNIMPLEMENTED_APP_MANAGER)
-    if config.cache_enabled:
+    if config.driver == "memory" and config.cache_enabled:
         for key in ("enabled", "ttl"):
-            manager_cache.warn_if_present(key)
+            manager_cache.warn_if_present(
+                key, "ignored; the memory app manager serves apps from memory, nothing to cache"
+            )
+    elif config.driver != "memory" and not config.cache_enabled:
+        manager_cache.warn(
+            "enabled",
+            f"false is ignored: the {config.driver} app manager always caches apps (for"
+            " app_manager.cache.ttl seconds) so that connections and triggers never wait on"
+            " the database for a known app",
+        )
+    if config.cache_ttl < 1 and config.driver != "memory":
+        raise ConfigError("app_manager.cache.ttl: expected at least 1 second")
     for s in (array, manager_cache, manager):
         s.finish()
     return config
@@ -307,14 +323,33 @@ def parse_queue(top: Section) -> QueueConfig:
         redis_cluster_nodes=queue_cluster.strings("nodes"),
         redis_cluster_concurrency=queue_cluster.integer("concurrency", minimum=1),
         redis_cluster_prefix=queue_cluster.string("prefix"),
+        sqs=_parse_sqs(queue.section("sqs")),
     )
     refuse_cluster_mode(queue_redis)
     check_redis_url(config.redis_url_override, "queue.redis.url_override")
     queue_cluster.ignore("request_timeout_ms")
-    queue.ignore("sqs")
     for s in (queue_redis, queue_cluster, queue):
         s.finish()
     check_registered(validate_queue_driver, config.driver)
+    return config
+
+
+def _parse_sqs(sqs: Section) -> SqsConfig:
+    """
+    C{queue.sqs}: the SQS webhook queue.
+    """
+    config = SqsConfig(
+        region=sqs.string("region"),
+        queue_url_prefix=sqs.optional_string("queue_url_prefix"),
+        visibility_timeout=sqs.integer("visibility_timeout", minimum=1, maximum=43200),
+        endpoint_url=sqs.optional_string("endpoint_url"),
+        max_messages=sqs.integer("max_messages", minimum=1, maximum=10),
+        wait_time_seconds=sqs.integer("wait_time_seconds", minimum=0, maximum=20),
+        concurrency=sqs.integer("concurrency", minimum=1, maximum=100),
+        fifo=sqs.boolean("fifo"),
+        message_group_id=sqs.string("message_group_id"),
+    )
+    sqs.finish()
     return config
 
 
@@ -448,14 +483,26 @@ def parse_webhooks(top: Section) -> WebhooksConfig:
     return config
 
 
-def parse_database(top: Section) -> DatabaseRedisConfig:
+@attrs.frozen
+class Databases:
     """
-    C{database}: the default Redis server; the other databases belong to
-    app managers that are refused, so they are accepted as blocks.
+    The C{database} section and C{database_pooling}, parsed.
+    """
+
+    redis: DatabaseRedisConfig
+    mysql: SqlDatabaseConfig
+    postgres: SqlDatabaseConfig
+    dynamodb: DynamoDbConfig
+
+
+def parse_database(top: Section, app_cache_ttl: int = 300) -> Databases:
+    """
+    C{database}: the default Redis server and the app managers' databases
+    (C{database_pooling} gives the SQL pools' default bounds).
     """
     database = top.section("database")
     dredis = database.section("redis")
-    config = DatabaseRedisConfig(
+    redis = DatabaseRedisConfig(
         host=dredis.string("host"),
         port=dredis.integer("port", **_PORT_RANGE),
         db=dredis.integer("db"),
@@ -469,10 +516,74 @@ def parse_database(top: Section) -> DatabaseRedisConfig:
     for key in ("sentinel_password", "name"):
         dredis.warn_if_present(key)
     dredis.ignore("cluster_nodes")
-    check_redis_url(config.url, "database.redis")
+    check_redis_url(redis.url, "database.redis")
     dredis.finish()
-    database.ignore("mysql", "postgres", "dynamodb", "scylladb")
+    pooling = top.section("database_pooling")
+    pool_bounds = (pooling.integer("min", minimum=1), pooling.integer("max", minimum=1))
+    if not pooling.boolean("enabled"):
+        pool_bounds = (1, 1)
+    pooling.finish()
+    mysql = _parse_sql(database.section("mysql"), pool_bounds, app_cache_ttl)
+    postgres = _parse_sql(database.section("postgres"), pool_bounds, app_cache_ttl)
+    dynamo = database.section("dynamodb")
+    dynamodb = DynamoDbConfig(
+        region=dynamo.string("region"),
+        table_name=dynamo.string("table_name"),
+        endpoint_url=dynamo.optional_string("endpoint_url"),
+        aws_access_key_id=dynamo.optional_string("aws_access_key_id"),
+        aws_secret_access_key=dynamo.optional_string("aws_secret_access_key"),
+        aws_profile_name=dynamo.optional_string("aws_profile_name"),
+    )
+    dynamo.finish()
+    database.ignore("scylladb")
     database.finish()
+    return Databases(redis, mysql, postgres, dynamodb)
+
+
+def _parse_sql(sql: Section, pool_bounds: tuple[int, int], app_cache_ttl: int) -> SqlDatabaseConfig:
+    """
+    C{database.mysql} or C{database.postgres}: the pool is bounded by its
+    own C{pool_min}/C{pool_max} (C{connection_pool_size} sets the upper
+    bound too), else by C{database_pooling}.
+    """
+    pool_min = sql.optional_integer("pool_min")
+    pool_max = sql.optional_integer("pool_max")
+    size = sql.optional_integer("connection_pool_size")
+    if pool_max is None:
+        pool_max = size if size is not None else pool_bounds[1]
+    if pool_min is None:
+        pool_min = min(pool_bounds[0], pool_max)
+    if not 1 <= pool_min <= pool_max:
+        raise ConfigError(
+            f"{sql.path_of('pool_min')}: expected 1 <= pool_min <= pool_max,"
+            f" got {pool_min} and {pool_max}"
+        )
+    table = sql.string("table_name")
+    if not table or not all(c.isalnum() or c == "_" for c in table):
+        raise ConfigError(
+            f"{sql.path_of('table_name')}: expected letters, digits and _, got {table!r}"
+        )
+    config = SqlDatabaseConfig(
+        host=sql.string("host"),
+        port=sql.integer("port", **_PORT_RANGE),
+        username=sql.string("username"),
+        password=sql.string("password"),
+        database=sql.string("database"),
+        table_name=table,
+        pool_min=pool_min,
+        pool_max=pool_max,
+    )
+    # Sockudo's per-database cache settings: harmless at the values that
+    # match what the app store does, warned about otherwise.
+    for key, harmless in (
+        ("cache_ttl", app_cache_ttl),
+        ("cache_cleanup_interval", 60),
+        ("cache_max_capacity", 100),
+    ):
+        value = sql.optional_integer(key)
+        if value is not None and value != harmless:
+            sql.warn(key)
+    sql.finish()
     return config
 
 
