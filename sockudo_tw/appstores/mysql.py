@@ -6,14 +6,13 @@ C{applications} table read with PyMySQL through L{SqlAppSource}.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorThreads
 
 from sockudo_tw.appstores import IAppSource
-from sockudo_tw.appstores.sql import SqlAppSource, SqlDialect
-from sockudo_tw.config.schema import ConfigError, SqlDatabaseConfig
+from sockudo_tw.appstores.sql import SqlAppSource, SqlDialect, require_library
+from sockudo_tw.config.schema import SqlDatabaseConfig
 
 if TYPE_CHECKING:
     from sockudo_tw.config import ServerConfig
@@ -83,19 +82,6 @@ validity check in MariaDB).
 """
 
 
-def require_driver() -> None:
-    """
-    @raise ConfigError: PyMySQL is not installed.
-    """
-    try:
-        importlib.import_module("pymysql")
-    except ImportError as e:
-        raise ConfigError(
-            f"app_manager.driver: mysql needs the PyMySQL library ({e}):"
-            " pip install 'sockudo-tw[mysql]'"
-        ) from None
-
-
 def source_from_config(config: ServerConfig, reactor: IReactorThreads) -> IAppSource:
     """
     The app source C{database.mysql} describes.
@@ -104,5 +90,5 @@ def source_from_config(config: ServerConfig, reactor: IReactorThreads) -> IAppSo
         C{IReactorCore}).
     @raise ConfigError: PyMySQL is missing or the table name is unsafe.
     """
-    require_driver()
+    require_library("pymysql", "mysql", "the PyMySQL library", "mysql")
     return SqlAppSource(MYSQL, config.database_mysql, reactor, "database.mysql")

@@ -7,14 +7,13 @@ through L{SqlAppSource}.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorThreads
 
 from sockudo_tw.appstores import IAppSource
-from sockudo_tw.appstores.sql import SqlAppSource, SqlDialect
-from sockudo_tw.config.schema import ConfigError, SqlDatabaseConfig
+from sockudo_tw.appstores.sql import SqlAppSource, SqlDialect, require_library
+from sockudo_tw.config.schema import SqlDatabaseConfig
 
 if TYPE_CHECKING:
     from sockudo_tw.config import ServerConfig
@@ -87,19 +86,6 @@ columns.
 """
 
 
-def require_driver() -> None:
-    """
-    @raise ConfigError: psycopg 3 is not installed.
-    """
-    try:
-        importlib.import_module("psycopg")
-    except ImportError as e:
-        raise ConfigError(
-            f"app_manager.driver: postgres needs the psycopg 3 library ({e}):"
-            " pip install 'sockudo-tw[postgres]'"
-        ) from None
-
-
 def source_from_config(config: ServerConfig, reactor: IReactorThreads) -> IAppSource:
     """
     The app source C{database.postgres} describes.
@@ -108,5 +94,5 @@ def source_from_config(config: ServerConfig, reactor: IReactorThreads) -> IAppSo
         C{IReactorCore}).
     @raise ConfigError: psycopg is missing or the table name is unsafe.
     """
-    require_driver()
+    require_library("psycopg", "postgres", "the psycopg 3 library", "postgres")
     return SqlAppSource(POSTGRES, config.database_postgres, reactor, "database.postgres")

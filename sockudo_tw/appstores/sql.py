@@ -13,6 +13,7 @@ C{twisted.enterprise.adbapi} connection pool, never on the reactor thread.
 
 from __future__ import annotations
 
+import importlib
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -39,6 +40,7 @@ __all__ = [
     "apps_from_rows",
     "check_table_name",
     "missing_columns",
+    "require_library",
 ]
 
 
@@ -573,3 +575,18 @@ class SqlAppSource:
 
         threading.Thread(target=stop, name="sockudo-tw sql pool close", daemon=True).start()
         return d
+
+
+def require_library(module: str, driver: str, library: str, extra: str) -> None:
+    """
+    Stop the start, naming the pip extra, when C{app_manager.driver:
+    driver} needs C{module} and it is not installed.
+
+    @raise ConfigError: C{module} cannot be imported.
+    """
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(
+            f"app_manager.driver: {driver} needs {library} ({e}): pip install 'sockudo-tw[{extra}]'"
+        ) from None
