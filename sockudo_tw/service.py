@@ -420,8 +420,9 @@ def build_webhooks(
         keeps the held leaves (else a connection of the webhooks' own).
 
     @raise ConfigError: for a queue driver, Redis URL or webhook target
-        sockudo-tw refuses (C{sqs}, C{redis-cluster}, Lambda targets), so
-        the daemon never starts while silently dropping webhooks.
+        sockudo-tw refuses (C{redis-cluster}, an incomplete Lambda target,
+        Lambda or SQS without boto3), so the daemon never starts while
+        silently dropping webhooks.
     """
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
@@ -451,7 +452,7 @@ def build_webhooks(
     events = WebhookEvents(apps, queue, reactor, settings, pending)
 
     async def close() -> None:
-        for closer in (pool.closeCachedConnections, redis.close):
+        for closer in (pool.closeCachedConnections, redis.close, sender.close):
             try:
                 await closer()
             except Exception:

@@ -417,21 +417,61 @@ class ValidationTests(SynchronousTestCase):
     Config-time refusals of what sockudo-tw does not implement.
     """
 
-    def test_lambda_refused(self) -> None:
+    def test_lambda_targets(self) -> None:
         """
-        A Lambda target (either spelling) is refused with a clear message.
+        A Lambda target in either spelling passes; a C{lambda} object
+        without C{function_name} or C{region}, or an entry with neither a
+        url nor a function, is refused naming the entry.
         """
-        for target in (
-            WebhookTarget(url=None, event_types=ALL, lambda_function="fn"),
-            WebhookTarget(
-                url=None, event_types=ALL, lambda_config={"function_name": "f", "region": "x"}
+        validate_webhook_targets(
+            [
+                make_app(
+                    WebhookTarget(url=None, event_types=ALL, lambda_function="fn"),
+                    WebhookTarget(
+                        url=None,
+                        event_types=ALL,
+                        lambda_config={"function_name": "f", "region": "eu-west-1"},
+                    ),
+                )
+            ]
+        )
+        for target, message in (
+            (
+                WebhookTarget(url=None, event_types=ALL, lambda_config={"region": "x"}),
+                "lambda.function_name is missing",
             ),
+            (
+                WebhookTarget(url=None, event_types=ALL, lambda_config={"function_name": "f"}),
+                "lambda.region is missing",
+            ),
+            (WebhookTarget(url=None, event_types=ALL), "expected a url, a lambda object"),
         ):
             e = self.assertRaises(
                 UnsupportedWebhookTargetError, validate_webhook_targets, [make_app(target)]
             )
-            self.assertIn("lambda webhook targets are not supported by sockudo-tw yet", str(e))
+            self.assertIn(message, str(e))
             self.assertIn("app '1' webhooks[0]", str(e))
+
+    def test_lambda_events(self) -> None:
+        """
+        Events for Lambda targets are batched per function name (two entries
+        naming one function share a job addressed C{lambda:<name>}), with
+        the body an HTTP target of the same app gets.
+        """
+        app = make_app(
+            WebhookTarget(url=URL, event_types=ALL),
+            WebhookTarget(url=None, event_types=ALL, lambda_function="fn"),
+            WebhookTarget(
+                url=None, event_types=ALL, lambda_config={"function_name": "fn", "region": "x"}
+            ),
+        )
+        queue = RecordingQueue()
+        events = WebhookEvents(
+            MemoryAppStore([app]), queue, Clock(), WebhookSettings(batching_enabled=False)
+        )
+        events.cache_miss("1", "c")
+        self.assertEqual([job["url"] for job in queue.jobs], [URL, "lambda:fn"])
+        self.assertEqual(queue.jobs[0]["body"], queue.jobs[1]["body"])
 
     def test_bad_url_and_pattern(self) -> None:
         """
@@ -453,13 +493,11 @@ class ValidationTests(SynchronousTestCase):
 
     def test_queue_drivers(self) -> None:
         """
-        C{sqs} and C{redis-cluster} are refused by name; memory, redis and
-        none pass.
+        C{redis-cluster} is refused by name; memory, redis, sqs and none
+        pass.
         """
-        for driver in ("memory", "redis", "none"):
+        for driver in ("memory", "redis", "sqs", "none"):
             validate_queue_driver(driver)
-        e = self.assertRaises(UnsupportedQueueDriverError, validate_queue_driver, "sqs")
-        self.assertIn('"sqs" is not supported by sockudo-tw yet', str(e))
         self.assertRaises(UnsupportedQueueDriverError, validate_queue_driver, "redis-cluster")
         self.assertRaises(UnsupportedQueueDriverError, validate_queue_driver, "kafka")
 
@@ -785,11 +823,11 @@ class BuildTests(SynchronousTestCase):
 
     def test_refused(self) -> None:
         """
-        SQS, redis-cluster and Lambda targets are refused as config errors.
+        redis-cluster and incomplete Lambda targets are refused as config
+        errors.
         """
-        lam = make_app(WebhookTarget(url=None, event_types=ALL, lambda_function="f"))
+        lam = make_app(WebhookTarget(url=None, event_types=ALL, lambda_config={"region": "x"}))
         for config in (
-            self.config("sqs"),
             self.config("redis-cluster"),
             self.config("memory", lam),
         ):

@@ -7,7 +7,7 @@ each job to one handler, whose Deferred says whether the job is finished
 (C{True}: delivered or given up, so it is acknowledged) or was abandoned
 because the node is stopping (C{False}: it must be delivered later).
 
-Two drivers (sockudo-reference.md section 5.6), one module each, chosen by
+Three drivers (sockudo-reference.md section 5.6), one module each, chosen by
 name in L{DRIVERS}:
 
   - L{MemoryJobQueue}: in-process, lost on restart (the default: it needs
@@ -21,6 +21,10 @@ name in L{DRIVERS}:
     processing list back to the queue, so another node, or the same one
     restarted, delivers those jobs. Jobs Redis cannot take (not connected
     yet, an outage) wait in memory, bounded, for the next heartbeat.
+  - L{sockudo_tw.queues.sqs.SqsJobQueue}: Amazon SQS (or any endpoint that
+    speaks it), long-polled by C{concurrency} loops; a message is deleted
+    once its job is finished and otherwise comes back after the visibility
+    timeout. Jobs SQS cannot take wait in memory, bounded, and are retried.
 
 Unlike Sockudo, jobs carry the app id, never the app secret: the sender
 looks the app up again when it signs the request.
@@ -57,7 +61,7 @@ Delivers one job; fires C{True} when the job is finished, C{False} when it
 was abandoned (the node is stopping) and must be delivered later.
 """
 
-SUPPORTED_QUEUE_DRIVERS = ("memory", "redis", "none")  # DRIVERS, and "none"
+SUPPORTED_QUEUE_DRIVERS = ("memory", "redis", "sqs", "none")  # DRIVERS, and "none"
 
 
 class UnsupportedQueueDriverError(ValueError):
@@ -78,11 +82,6 @@ def validate_queue_driver(driver: str) -> None:
     """
     if driver in SUPPORTED_QUEUE_DRIVERS:
         return
-    if driver == "sqs":
-        raise UnsupportedQueueDriverError(
-            'queue.driver: "sqs" is not supported by sockudo-tw yet; '
-            'use "redis" for durable webhook jobs, or "memory"'
-        )
     if driver == "redis-cluster":
         raise UnsupportedQueueDriverError(
             'queue.driver: "redis-cluster" is not supported by sockudo-tw yet; '
@@ -153,7 +152,14 @@ def _redis(config: ServerConfig, reactor: IReactorTime, redis: RedisConnections)
     )
 
 
-DRIVERS: dict[str, QueueFactory] = {"memory": _memory, "redis": _redis}
+def _sqs(config: ServerConfig, reactor: IReactorTime, redis: RedisConnections) -> IJobQueue:
+    from sockudo_tw.queues.sqs import SqsJobQueue
+
+    # Raises MissingAwsLibraryError (a ConfigError) without boto3.
+    return SqsJobQueue(config.queue.sqs, reactor)
+
+
+DRIVERS: dict[str, QueueFactory] = {"memory": _memory, "redis": _redis, "sqs": _sqs}
 """
 C{queue.driver} to the factory building the queue from the config
 (C{none}, no webhooks, builds no queue).

@@ -24,10 +24,12 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from sockudo_tw.appstores import IAppStore
+from sockudo_tw.awscalls import load_aws_libraries
 from sockudo_tw.hooks import IPusherEvents, NoPusherEvents
 from sockudo_tw.pusher.app import App, WebhookTarget
 from sockudo_tw.pusher.channels import ChannelKind, channel_type
 from sockudo_tw.queues import IJobQueue, RedisCommands
+from sockudo_tw.webhooks.lambda_target import lambda_function, target_address
 from sockudo_tw.webhooks.queue import Event, WebhookBatcher
 from sockudo_tw.webhooks.settings import WebhookSettings
 
@@ -93,7 +95,7 @@ def target_wants(target: WebhookTarget, name: str, channel: str) -> bool:
     event type and the channel passes its prefix, suffix and pattern
     filters (a pattern matches anywhere, as Rust's C{Regex::is_match}).
     """
-    if target.url is None or name not in target.event_types:
+    if target_address(target) is None or name not in target.event_types:
         return False
     if target.channel_prefix is not None and not channel.startswith(target.channel_prefix):
         return False
@@ -107,20 +109,27 @@ def target_wants(target: WebhookTarget, name: str, channel: str) -> bool:
 def validate_webhook_targets(apps: Iterable[App]) -> None:
     """
     Refuse, at config load, webhook targets sockudo-tw cannot deliver to:
-    Lambda targets (not implemented yet), targets without an http(s) URL and
-    channel patterns that are not valid regular expressions.
+    targets with neither an http(s) URL nor a complete Lambda function,
+    Lambda targets without boto3 installed, and channel patterns that are
+    not valid regular expressions.
 
     @raise UnsupportedWebhookTargetError: naming the app and the entry.
     """
     for app in apps:
         for i, target in enumerate(app.webhooks):
             where = f"app {app.id!r} webhooks[{i}]"
-            if target.lambda_function is not None or target.lambda_config is not None:
-                raise UnsupportedWebhookTargetError(
-                    f"{where}: lambda webhook targets are not supported by sockudo-tw yet; "
-                    "use an HTTP url"
-                )
-            if target.url is None or not target.url.startswith(("http://", "https://")):
+            if target.url is None:
+                try:
+                    function = lambda_function(target)
+                except ValueError as e:
+                    raise UnsupportedWebhookTargetError(f"{where}: {e}") from None
+                if function is None:
+                    raise UnsupportedWebhookTargetError(
+                        f"{where}: expected a url, a lambda object or a lambda_function"
+                    )
+                # A ConfigError naming pip install 'sockudo-tw[aws]'.
+                load_aws_libraries(f"{where} (a Lambda webhook target)")
+            elif not target.url.startswith(("http://", "https://")):
                 raise UnsupportedWebhookTargetError(
                     f"{where}: expected an http:// or https:// url, got {target.url!r}"
                 )
@@ -454,12 +463,14 @@ class WebhookEvents(NoPusherEvents):
     # Batches and jobs.
 
     def _emit(self, app: App, event: Event) -> None:
-        urls: set[str] = set()
+        # One batch per address: a URL, or lambda:<function name>.
+        addresses: set[str] = set()
         for target in app.webhooks:
-            if target.url is not None and target.url not in urls:
+            address = target_address(target)
+            if address is not None and address not in addresses:
                 if target_wants(target, event["name"], event["channel"]):
-                    urls.add(target.url)
-                    self._batcher.add(app.id, target.url, event)
+                    addresses.add(address)
+                    self._batcher.add(app.id, address, event)
 
     def close(self) -> Deferred[None]:
         """

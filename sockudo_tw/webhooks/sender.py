@@ -1,10 +1,12 @@
 # -*- test-case-name: tests.test_webhooks -*-
 """
-HTTP delivery of webhook jobs: L{WebhookSender} looks the app up again
-(the secret is never stored in the queue), signs the body and POSTs it with
+Delivery of webhook jobs: L{WebhookSender} looks the app up again (the
+secret is never stored in the queue), signs the body and POSTs it with
 treq, retrying connection errors, timeouts, 5xx and 429 with exponential
-back-off and jitter; other responses are final. Lambda targets are refused
-at config load (L{sockudo_tw.webhooks.events.validate_webhook_targets}).
+back-off and jitter; other responses are final. A job addressed to a Lambda
+target (C{lambda:<function>}, L{sockudo_tw.webhooks.lambda_target}) is
+delivered by invoking the function asynchronously with the same body, with
+the same retry policy.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import random
 from typing import Any, Protocol
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
@@ -24,6 +26,12 @@ from zope.interface import Interface, implementer
 from sockudo_tw.appstores import IAppStore
 from sockudo_tw.pusher.app import App, WebhookTarget
 from sockudo_tw.pusher.signing import webhook_signature
+from sockudo_tw.webhooks.lambda_target import (
+    ILambdaInvoker,
+    LambdaInvoker,
+    lambda_function,
+    target_address,
+)
 from sockudo_tw.webhooks.queue import WebhookJob
 from sockudo_tw.webhooks.settings import WebhookSettings
 
@@ -87,12 +95,14 @@ class _Outcome:
     retry: bool
     reason: str
     retry_after: float | None = None
+    detail: str = ""
 
 
 class WebhookSender:
     """
     Delivers webhook jobs: signs each body with the app's current secret and
-    POSTs it, retrying transient failures with back-off.
+    POSTs it (or invokes a Lambda function with it), retrying transient
+    failures with back-off.
     """
 
     _log = Logger()
@@ -105,7 +115,14 @@ class WebhookSender:
         settings: WebhookSettings | None = None,
         metrics: IWebhookMetrics | None = None,
         rng: random.Random | None = None,
+        lambdas: ILambdaInvoker | None = None,
     ) -> None:
+        """
+        @param clock: the reactor; with Lambda targets it must also take
+            calls from threads (every real reactor does).
+        @param lambdas: invokes Lambda targets; by default a
+            L{LambdaInvoker} on C{clock}, made at the first Lambda job.
+        """
         self._apps = apps
         self._http = http
         self._clock = clock
@@ -115,6 +132,8 @@ class WebhookSender:
         self._semaphore = DeferredSemaphore(self._settings.concurrency)
         self._sleeps: set[Deferred[None]] = set()
         self._stopping = False
+        self._lambdas = lambdas
+        self._own_lambdas = False
 
     def stop(self) -> None:
         """
@@ -124,6 +143,15 @@ class WebhookSender:
         self._stopping = True
         for sleep in list(self._sleeps):
             sleep.cancel()
+
+    def close(self) -> Deferred[None]:
+        """
+        Release the Lambda invoker's threads, if this sender made one (last,
+        after the queue is stopped).
+        """
+        if self._lambdas is not None and self._own_lambdas:
+            return self._lambdas.stop()
+        return succeed(None)
 
     def deliver(self, job: str) -> Deferred[bool]:
         """
@@ -149,7 +177,7 @@ class WebhookSender:
             app = await self._apps.find_by_id(app_id)
             target = None
             if app is not None:
-                target = next((t for t in app.webhooks if t.url == url), None)
+                target = next((t for t in app.webhooks if target_address(t) == url), None)
             if app is None or target is None:
                 self._log.warn(
                     "webhook for app {app_id} to {url} dropped: no longer configured",
@@ -158,7 +186,8 @@ class WebhookSender:
                 )
                 self.metrics.dropped(app_id, events, "no_target")
                 return True
-            outcome = await self._semaphore.run(self._post, app, target, body)
+            send = self._post if target.url is not None else self._invoke
+            outcome = await self._semaphore.run(send, app, target, body)
             attempts += 1
             if outcome.ok:
                 self.metrics.delivered(app_id, events, attempts)
@@ -166,10 +195,11 @@ class WebhookSender:
             self.metrics.attempt_failed(app_id, outcome.reason)
             if not outcome.retry:
                 self._log.warn(
-                    "webhook for app {app_id} to {url} refused ({reason}); not retried",
+                    "webhook for app {app_id} to {url} refused ({reason}{detail}); not retried",
                     app_id=app_id,
                     url=url,
                     reason=outcome.reason,
+                    detail=f": {outcome.detail}" if outcome.detail else "",
                 )
                 self.metrics.dropped(app_id, events, outcome.reason)
                 return True
@@ -179,11 +209,12 @@ class WebhookSender:
             if self._clock.seconds() + delay - started > self._settings.retry_max_duration:
                 self._log.warn(
                     "webhook for app {app_id} to {url} dropped after {attempts} attempts "
-                    "(last: {reason})",
+                    "(last: {reason}{detail})",
                     app_id=app_id,
                     url=url,
                     attempts=attempts,
                     reason=outcome.reason,
+                    detail=f": {outcome.detail}" if outcome.detail else "",
                 )
                 self.metrics.dropped(app_id, events, "retries_exhausted")
                 return True
@@ -244,6 +275,37 @@ class WebhookSender:
             return _Outcome(ok=True, retry=False, reason=str(code))
         retry = code >= 500 or code == 429
         return _Outcome(ok=False, retry=retry, reason=str(code), retry_after=_retry_after(response))
+
+    def _invoke(self, app: App, target: WebhookTarget, body: bytes) -> Deferred[_Outcome]:
+        return Deferred.fromCoroutine(self._invoke_async(target, body))
+
+    async def _invoke_async(self, target: WebhookTarget, body: bytes) -> _Outcome:
+        """
+        Invoke a Lambda target's function with the body as its payload.
+        """
+        try:
+            function = lambda_function(target)
+        except ValueError as e:
+            return _Outcome(ok=False, retry=False, reason="error", detail=str(e))
+        assert function is not None
+        if self._lambdas is None:
+            self._lambdas = LambdaInvoker(
+                self._clock,
+                read_timeout=self._settings.request_timeout,
+                max_threads=max(1, min(self._settings.concurrency, 10)),
+            )
+            self._own_lambdas = True
+        outcome = await self._lambdas.invoke(function, body)
+        if not outcome.ok and outcome.retry:
+            self._log.debug(
+                "invoking Lambda function {function} failed: {reason} {detail}",
+                function=function.name,
+                reason=outcome.reason,
+                detail=outcome.detail,
+            )
+        return _Outcome(
+            ok=outcome.ok, retry=outcome.retry, reason=outcome.reason, detail=outcome.detail
+        )
 
 
 def _retry_after(response: Any) -> float | None:
