@@ -175,18 +175,21 @@ class StartupSummary:
         listener, in order (the main listeners first).
     @ivar app_count: how many apps the app store serves.
     @ivar adapter: the adapter driver (C{local}, C{redis}).
+    @ivar app_store: where apps come from when not from the config (a
+        database store's description), else L{None}.
     """
 
     listeners: Sequence[tuple[str, str, str]]
     app_count: int
     adapter: str
+    app_store: str | None = None
 
     def log(self, log: Logger) -> None:
         """
         Log one line per listener and a summary line at info level, after a
         warning when there is no app.
         """
-        if self.app_count == 0:
+        if self.app_count == 0 and self.app_store is None:
             log.warn(
                 "No apps are configured: every WebSocket connection and API request will be"
                 " refused. Add an app under app_manager.array.apps in the --config file, or set"
@@ -199,6 +202,14 @@ class StartupSummary:
                 url=listener_url(description, path),
                 role=role,
             )
+        if self.app_store is not None:
+            log.info(
+                "sockudo-tw {version} started: apps from {store}, {adapter} adapter",
+                version=package_version(),
+                store=self.app_store,
+                adapter=self.adapter,
+            )
+            return
         log.info(
             "sockudo-tw {version} started: {apps} {noun}, {adapter} adapter",
             version=package_version(),

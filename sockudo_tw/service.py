@@ -850,6 +850,11 @@ def make_service(
     ):
         root.add_listener(strports.service(at, factory, reactor=reactor))
         announced.append((what, at, path))
-    root.startup = StartupSummary(announced, len(config.app_manager.apps), config.adapter.driver)
+    root.startup = StartupSummary(
+        announced,
+        len(config.app_manager.apps),
+        config.adapter.driver,
+        app_store.source.description if isinstance(app_store, CachedAppStore) else None,
+    )
     log.debug("Listening on {descriptions}", descriptions=descriptions)
     return root

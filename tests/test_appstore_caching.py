@@ -272,3 +272,41 @@ class CachedAppStoreTests(SynchronousTestCase):
         d = self.store.find_by_key("x")
         self.assertIsInstance(result_of(d).value, AppStoreUnavailableError)
         self.assertFalse(self.store.reachable)
+
+    def test_lookups_wait_for_prepare(self) -> None:
+        """
+        A lookup made while the table is being prepared is asked only once
+        preparing is done, so a table that does not exist yet is no outage.
+        """
+        self.store.start()
+        d = self.store.find_by_key("key-1")
+        self.assertEqual(self.source.open_queries(), [("prepare", None)])
+        self.source.answer(None)
+        self.assertEqual(self.source.open_queries(), [("key", "key-1")])
+        self.source.answer(APP)
+        self.assertEqual(result_of(d), APP)
+        self.assertTrue(self.store.reachable)
+        self.assertEqual(self.errors(), [])
+
+    def test_no_apps_asked_again_soon(self) -> None:
+        """
+        An empty list of apps is kept only C{retry_seconds}, so the first
+        app inserted counts for C{/up} without waiting a TTL; a failed read
+        is not repeated before C{retry_seconds} either.
+        """
+        d = self.store.all_apps()
+        self.source.answer([])
+        self.assertEqual(result_of(d), [])
+        self.clock.advance(4)
+        self.assertEqual(result_of(self.store.all_apps()), [])
+        self.clock.advance(2)
+        d = self.store.all_apps()
+        self.source.answer(ConnectionRefusedError())
+        self.assertEqual(result_of(d), [])
+        self.clock.advance(4)
+        self.assertEqual(result_of(self.store.all_apps()), [])
+        self.assertEqual(self.source.open_queries(), [])
+        self.clock.advance(2)
+        d = self.store.all_apps()
+        self.source.answer([APP])
+        self.assertEqual(result_of(d), [APP])

@@ -424,6 +424,25 @@ class StartupLogTests(SynchronousTestCase):
             [formatEvent(e) for e in events],
         )
 
+    def test_database_app_store(self) -> None:
+        """
+        With a database app store there is no "no apps" warning (its apps
+        are not in the file): the summary names the store instead.
+        """
+        events = self.start(
+            {
+                "app_manager": {"driver": "mysql", "array": {"apps": []}},
+                "database": {"mysql": {"port": 1, "database": "apps"}},
+                "metrics": {"enabled": False},
+            }
+        )
+        self.assertEqual([e for e in events if e["log_level"] >= LogLevel.warn], [])
+        self.assertIn(
+            f"sockudo-tw {package_version()} started: apps from MySQL table 'applications'"
+            " at 127.0.0.1:1/apps, local adapter",
+            [formatEvent(e) for e in events],
+        )
+
     def test_no_reprs(self) -> None:
         """
         Nothing sockudo-tw logs at start or shutdown shows an object's repr

@@ -98,6 +98,7 @@ class CachedAppStore:
         self._all: _Entry | None = None
         self._all_apps: list[App] = []
         self._prepared = False
+        self._preparing: Deferred[None] | None = None
         self._prepare_call: IDelayedCall | None = None
         self._stopped = False
         self.reachable = True
@@ -115,9 +116,11 @@ class CachedAppStore:
 
     def _prepare(self) -> Deferred[None]:
         self._prepare_call = None
-        if self._stopped:
+        if self._stopped or self._preparing is not None:
             return succeed(None)
         d = self._call(self.source.prepare)
+        done: Deferred[None] = Deferred()
+        self._preparing = done
 
         def prepared(_: object) -> None:
             self._prepared = True
@@ -128,7 +131,11 @@ class CachedAppStore:
             if not self._stopped:
                 self._prepare_call = self._clock.callLater(self._retry, self._prepare)
 
-        return d.addCallbacks(prepared, failed)
+        def finished(_: object) -> None:
+            self._preparing = None
+            done.callback(None)  # lookups that waited for the table go on
+
+        return d.addCallbacks(prepared, failed).addBoth(finished)
 
     def stop(self) -> Deferred[None]:
         """
@@ -160,12 +167,16 @@ class CachedAppStore:
 
         def read(apps: list[App]) -> list[App]:
             self._reached()
-            self._all = _Entry(None, self._clock.seconds() + self._ttl)
+            # No apps yet is asked again soon: the first app inserted must
+            # not wait a whole TTL to count (for /up).
+            life = self._ttl if apps else self._retry
+            self._all = _Entry(None, self._clock.seconds() + life)
             self._all_apps = list(apps)
             return list(apps)
 
         def failed(failure: Failure) -> list[App]:
             self._unreached(failure)
+            self._all = _Entry(None, self._clock.seconds() + self._retry)
             return list(self._all_apps)
 
         return d.addCallbacks(read, failed)
@@ -197,6 +208,13 @@ class CachedAppStore:
             return d
         self._waiting[(kind, name)] = [d]
         fetch = self.source.fetch_by_id if kind == _BY_ID else self.source.fetch_by_key
+        if self._preparing is not None:
+            # The table may not exist yet: ask once it does (or once
+            # preparing failed, which is then the outage it reports).
+            self._preparing.addCallback(lambda _: self._call(fetch, name)).addBoth(
+                self._answered, kind, name
+            )
+            return d
         self._call(fetch, name).addBoth(self._answered, kind, name)
         return d
 
