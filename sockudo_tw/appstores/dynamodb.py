@@ -10,9 +10,11 @@ round:
   - one item per app, attributes in native types (S, N, BOOL), C{webhooks}
     as a JSON string and C{allowed_origins} as a list of strings.
 
-Every boto3 call (building the client included: it reads files) runs in a
-thread pool the source owns, started by L{DynamoDbAppSource.prepare} and
-stopped by L{DynamoDbAppSource.close}; nothing blocks the reactor thread.
+Every boto3 call (building and closing the client included: they read
+files and close sockets) runs in a thread pool the source owns
+(L{sockudo_tw.awscalls.BlockingCalls}), started by
+L{DynamoDbAppSource.prepare} and stopped by L{DynamoDbAppSource.close};
+nothing blocks the reactor thread.
 The client has short timeouts and few retries so that an outage fails a
 lookup in bounded time. Caching is the job of
 L{sockudo_tw.appstores.caching.CachedAppStore}, not of this module.
@@ -20,7 +22,7 @@ L{sockudo_tw.appstores.caching.CachedAppStore}, not of this module.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import threading
 import time
@@ -30,14 +32,13 @@ from urllib.parse import urlsplit
 
 import attrs
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger, LogLevel
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from sockudo_tw.appstores import IAppSource
 from sockudo_tw.appstores.records import InvalidRecord, app_from_record
+from sockudo_tw.awscalls import AwsLibraries, BlockingCalls, load_aws_libraries
 from sockudo_tw.config.schema import ConfigError, DynamoDbConfig
 from sockudo_tw.pusher.app import App
 
@@ -58,10 +59,7 @@ The global secondary index on C{key} that lookups by key query.
 """
 
 _PROVISIONED = {"ReadCapacityUnits": 5, "WriteCapacityUnits": 5}
-_MISSING_BOTO3 = (
-    "app_manager.driver: dynamodb needs boto3, which is not installed: "
-    "pip install 'sockudo-tw[aws]'"
-)
+_FEATURE = "app_manager.driver: dynamodb"
 _T = TypeVar("_T")
 
 _Notes = list[tuple[LogLevel, str, dict[str, Any]]]
@@ -92,23 +90,30 @@ class ClientTimeouts:
     table_wait: float = 300.0
 
 
-def build_client(config: DynamoDbConfig, timeouts: ClientTimeouts, connections: int) -> Any:
+def build_client(
+    config: DynamoDbConfig,
+    timeouts: ClientTimeouts,
+    connections: int,
+    aws: AwsLibraries | None = None,
+) -> Any:
     """
     A boto3 DynamoDB client for C{config}: its region and endpoint, explicit
     keys or profile when set (else the standard AWS credential chain), with
     C{timeouts} and a connection pool of C{connections}. Blocking (it reads
     configuration files): call it in a thread pool.
-    """
-    import boto3  # type: ignore[import-untyped,unused-ignore]
-    from botocore.config import Config  # type: ignore[import-untyped,unused-ignore]
 
+    @param aws: boto3, loaded here when not given.
+    @raise sockudo_tw.awscalls.MissingAwsLibraryError: without boto3.
+    """
+    if aws is None:
+        aws = load_aws_libraries(_FEATURE)
     session_token = None
     if config.aws_access_key_id and config.aws_access_key_id == os.environ.get("AWS_ACCESS_KEY_ID"):
         # The keys came from the environment (the config maps
         # AWS_ACCESS_KEY_ID into database.dynamodb): temporary credentials
         # there need their session token too.
         session_token = os.environ.get("AWS_SESSION_TOKEN") or None
-    session = boto3.session.Session(
+    session = aws.boto3.session.Session(
         aws_access_key_id=config.aws_access_key_id,
         aws_secret_access_key=config.aws_secret_access_key,
         aws_session_token=session_token,
@@ -118,7 +123,7 @@ def build_client(config: DynamoDbConfig, timeouts: ClientTimeouts, connections: 
     return session.client(
         "dynamodb",
         endpoint_url=config.endpoint_url,
-        config=Config(
+        config=aws.config(
             connect_timeout=timeouts.connect,
             read_timeout=timeouts.read,
             retries={"max_attempts": timeouts.attempts, "mode": "standard"},
@@ -155,41 +160,49 @@ class DynamoDbAppSource:
     def __init__(
         self,
         config: DynamoDbConfig,
-        reactor: IReactorFromThreads,
+        reactor: IReactorTime,
         *,
         timeouts: ClientTimeouts = ClientTimeouts(),
         threads: int = 4,
         client_factory: Callable[[], Any] | None = None,
+        stop_timeout: float = 10.0,
     ) -> None:
         """
         @param config: C{database.dynamodb}.
-        @param reactor: where results are delivered (from the pool threads).
+        @param reactor: where results are delivered (from the pool threads);
+            it must also provide L{IReactorFromThreads}.
         @param timeouts: the client's timeouts and retries.
         @param threads: the most boto3 calls in flight at once.
         @param client_factory: builds the boto3 client (in a pool thread);
             L{build_client} from C{config} by default. Tests pass one that
             hooks the client's events.
+        @param stop_timeout: seconds L{close} waits for calls in flight
+            (which the timeouts bound) before leaving them to end on their
+            own.
         @raise ConfigError: only one of the access key id and the secret
             is set.
+        @raise sockudo_tw.awscalls.MissingAwsLibraryError: without boto3.
         """
         if bool(config.aws_access_key_id) != bool(config.aws_secret_access_key):
             raise ConfigError(
                 "database.dynamodb: aws_access_key_id and aws_secret_access_key "
                 "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) go together: set both or neither"
             )
+        self._aws = aws = load_aws_libraries(_FEATURE)
+        self._deserializer = importlib.import_module("boto3.dynamodb.types").TypeDeserializer()
         self._config = config
-        self._reactor = reactor
         self._timeouts = timeouts
         self._client_factory = client_factory or (
-            lambda: build_client(config, timeouts, connections=threads)
+            lambda: build_client(config, timeouts, connections=threads, aws=aws)
         )
-        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="dynamodb-app-source")
+        self._calls = BlockingCalls(reactor, "dynamodb-app-source", threads)
+        self._stop_timeout = stop_timeout
         self._client: Any = None
+        self._client_closed = False
         self._client_lock = threading.Lock()
         self._warned: set[str] = set()
         self._closed = False
-        self._stopped = False
-        self._close_waiters: list[Deferred[None]] = []
+        self._closing: Deferred[None] | None = None
         self.description = _describe(config)
 
     # IAppSource
@@ -202,8 +215,10 @@ class DynamoDbAppSource:
         """
         if self._closed:
             return fail(RuntimeError(f"{self.description}: prepare() after close()"))
-        if not self._pool.started:
-            self._pool.start()
+        try:
+            self._calls.start()
+        except TypeError as e:  # a reactor that cannot take calls from threads
+            return fail(e)
         return self._run(self._prepare_in_thread)
 
     def fetch_by_id(self, app_id: str) -> Deferred[App | None]:
@@ -226,36 +241,34 @@ class DynamoDbAppSource:
 
     def close(self) -> Deferred[None]:
         """
-        Stop the thread pool (waiting, in a thread of its own, for calls in
-        flight, which the timeouts bound) and close the client's
-        connections.
+        Refuse new calls, close the client's connections (the pool's last
+        call) and stop the thread pool, waiting at most C{stop_timeout}
+        seconds for calls in flight; the reactor thread never waits. Every
+        call returns its own Deferred, fired once the pool has stopped.
         """
+        if self._closing is None:
+            self._closed = True
+            self._closing = Deferred.fromCoroutine(self._stop())
         waiter: Deferred[None] = Deferred()
-        if self._stopped:
+
+        def fire(result: object) -> object:
             waiter.callback(None)
-            return waiter
-        self._close_waiters.append(waiter)
-        if self._closed:
-            return waiter
-        self._closed = True
+            return result
 
-        def stopped() -> None:
-            self._stopped = True
-            waiters, self._close_waiters = self._close_waiters, []
-            for w in waiters:
-                w.callback(None)
-
-        def stop() -> None:
-            if self._pool.started:
-                self._pool.stop()
-            with self._client_lock:
-                client, self._client = self._client, None
-            if client is not None:
-                client.close()
-            self._reactor.callFromThread(stopped)
-
-        threading.Thread(target=stop, name="dynamodb-app-source-close", daemon=True).start()
+        self._closing.addBoth(fire)
         return waiter
+
+    async def _stop(self) -> None:
+        if self._calls.running:
+            closed = self._calls.run(self._close_client_in_thread)
+            closed.addErrback(
+                lambda f: self._log.warn(
+                    "{source}: closing the client failed: {error}",
+                    source=self.description,
+                    error=f.getErrorMessage(),
+                )
+            )
+        await self._calls.stop(self._stop_timeout)
 
     # In the pool
 
@@ -266,7 +279,7 @@ class DynamoDbAppSource:
         """
         if self._closed:
             return fail(RuntimeError(f"{self.description} is closed"))
-        if not self._pool.started:
+        if not self._calls.running:
             return fail(RuntimeError(f"{self.description}: prepare() was not called"))
         notes: _Notes = []
 
@@ -275,8 +288,7 @@ class DynamoDbAppSource:
                 self._emit(level, text, fields)
             return result
 
-        d = deferToThreadPool(self._reactor, self._pool, f, notes, *args)
-        return d.addBoth(emit)
+        return self._calls.run(f, notes, *args).addBoth(emit)
 
     def _emit(self, level: LogLevel, text: str, fields: Mapping[str, Any]) -> None:
         """
@@ -296,20 +308,33 @@ class DynamoDbAppSource:
         """
         The client, built on first use (so that a failed L{prepare} can be
         followed by working lookups once DynamoDB answers).
+
+        @raise RuntimeError: the client was closed (a call queued before
+            L{close} that a pool thread reached afterwards).
         """
         with self._client_lock:
+            if self._client_closed:
+                raise RuntimeError(f"{self.description} is closed")
             if self._client is None:
                 self._client = self._client_factory()
             return self._client
 
-    def _prepare_in_thread(self, notes: _Notes) -> None:
-        from botocore.exceptions import ClientError  # type: ignore[import-untyped,unused-ignore]
+    def _close_client_in_thread(self) -> None:
+        """
+        Close the client's connections, and refuse to build another.
+        """
+        with self._client_lock:
+            self._client_closed = True
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
+    def _prepare_in_thread(self, notes: _Notes) -> None:
         client = self._client_in_thread()
         table = self._config.table_name
         try:
             described = client.describe_table(TableName=table)["Table"]
-        except ClientError as e:
+        except self._aws.exceptions.ClientError as e:
             if _error_code(e) != "ResourceNotFoundException":
                 raise
             described = self._create_table(client, notes)
@@ -322,8 +347,6 @@ class DynamoDbAppSource:
         notes.append((LogLevel.info, "App source ready: {source}", {"source": self.description}))
 
     def _create_table(self, client: Any, notes: _Notes) -> dict[str, Any]:
-        from botocore.exceptions import ClientError  # type: ignore[import-untyped,unused-ignore]
-
         table = self._config.table_name
         try:
             client.create_table(
@@ -336,7 +359,7 @@ class DynamoDbAppSource:
                 GlobalSecondaryIndexes=[_key_index(provisioned=True)],
                 ProvisionedThroughput=_PROVISIONED,
             )
-        except ClientError as e:
+        except self._aws.exceptions.ClientError as e:
             # Another node created it at the same moment.
             if _error_code(e) != "ResourceInUseException":
                 raise
@@ -466,10 +489,7 @@ class DynamoDbAppSource:
         The app in a raw item (attribute values in DynamoDB's typed JSON), or
         L{None}, logged, when it is not a valid app.
         """
-        from boto3.dynamodb.types import TypeDeserializer  # type: ignore[import-untyped,unused-ignore]
-
-        deserializer = TypeDeserializer()
-        record = {name: deserializer.deserialize(value) for name, value in item.items()}
+        record = {name: self._deserializer.deserialize(value) for name, value in item.items()}
         where = f"{self.description} item id={record.get('id')!r}"
         warnings: list[str] = []
         try:
@@ -514,9 +534,11 @@ def source_from_config(config: ServerConfig, reactor: object) -> IAppSource:
     """
     The DynamoDB source C{database.dynamodb} describes.
 
-    @param reactor: the reactor; it must provide L{IReactorFromThreads}.
-    @raise ConfigError: boto3 is not installed.
+    @param reactor: the reactor; it must provide L{IReactorTime} and
+        L{IReactorFromThreads}.
+    @raise ConfigError: boto3 is not installed
+        (L{sockudo_tw.awscalls.MissingAwsLibraryError}, naming the pip
+        extra), or the keys are incomplete.
     """
-    if importlib.util.find_spec("boto3") is None:
-        raise ConfigError(_MISSING_BOTO3)
-    return DynamoDbAppSource(config.database_dynamodb, IReactorFromThreads(reactor))
+    IReactorFromThreads(reactor)  # refused now rather than at prepare()
+    return DynamoDbAppSource(config.database_dynamodb, IReactorTime(reactor))
