@@ -138,24 +138,24 @@ class OptionsTests(SynchronousTestCase):
     def test_unsupported_backends(self) -> None:
         """
         Backends Sockudo has and we refuse (the NATS and Redis Cluster
-        adapters, the C{sqs} queue, Lambda webhook targets) are usage errors
-        naming what to use instead.
+        adapters, the Redis Cluster queue, an incomplete Lambda webhook
+        target) are usage errors naming what to use instead.
         """
         for driver in ("nats", "redis-cluster"):
             with self.assertRaises(UsageError) as e:
                 _options({"ADAPTER_DRIVER": driver}).parseOptions([])
             self.assertIn(f"adapter.driver: {driver!r} is not supported", str(e.exception))
         with self.assertRaises(UsageError) as e:
-            _options({"QUEUE_DRIVER": "sqs"}).parseOptions([])
-        self.assertIn('queue.driver: "sqs"', str(e.exception))
+            _options({"QUEUE_DRIVER": "redis-cluster"}).parseOptions([])
+        self.assertIn('queue.driver: "redis-cluster"', str(e.exception))
         path = self.mktemp()
         app = {"id": "1", "key": "k", "secret": "s", "max_connections": 0}
-        app["webhooks"] = [{"lambda_function": "f", "event_types": ["channel_occupied"]}]
+        app["webhooks"] = [{"lambda": {"function_name": "f"}, "event_types": ["channel_occupied"]}]
         with open(path, "w") as f:
             json.dump({"app_manager": {"array": {"apps": [app]}}}, f)
         with self.assertRaises(UsageError) as e:
             _options().parseOptions(["--config", path])
-        self.assertIn("lambda webhook targets are not supported", str(e.exception))
+        self.assertIn("region", str(e.exception))
 
     def test_env(self) -> None:
         """
@@ -193,9 +193,9 @@ def _comments(section: dict[str, object]) -> str:
 # drivers it refuses at start).
 _DRIVERS = {
     "adapter": (("local", "redis"), ("nats", "redis-cluster")),
-    "app_manager": (("memory",), ("mysql", "pgsql", "postgres", "dynamodb", "scylladb")),
+    "app_manager": (("memory", "mysql", "pgsql", "postgres", "dynamodb"), ("scylladb",)),
     "cache": (("memory",), ("redis", "redis-cluster")),
-    "queue": (("memory", "redis", "none"), ("sqs", "redis-cluster")),
+    "queue": (("memory", "redis", "sqs", "none"), ("redis-cluster",)),
     "rate_limiter": (("memory",), ("redis", "redis-cluster")),
 }
 
