@@ -36,6 +36,7 @@ from sockudo_tw.appstores import IAppStore, build_app_store
 from sockudo_tw.appstores.caching import CachedAppStore
 from sockudo_tw.caches import IChannelCache, build_cache
 from sockudo_tw.config import ConfigError, RateLimit, ServerConfig
+from sockudo_tw.console import build_console
 from sockudo_tw.hooks import IPusherEvents
 from sockudo_tw.listening import reporting_endpoint
 from sockudo_tw.logs import StartupSummary
@@ -63,6 +64,7 @@ from sockudo_tw.web import (
     make_site,
 )
 from sockudo_tw.webhooks import (
+    HTTPPoster,
     IPendingLeaves,
     IWebhookMetrics,
     MemoryPendingLeaves,
@@ -411,6 +413,7 @@ def build_webhooks(
     apps: IAppStore,
     metrics: IWebhookMetrics | None = None,
     cluster_redis: RedisCommands | None = None,
+    watch_posts: Callable[[HTTPPoster], HTTPPoster] | None = None,
 ) -> WebhookParts:
     """
     Build the sink, sender and queue from C{queue.*} and
@@ -418,6 +421,8 @@ def build_webhooks(
 
     @param cluster_redis: the Redis adapter's connection, which then also
         keeps the held leaves (else a connection of the webhooks' own).
+    @param watch_posts: wraps the sender's HTTP client (the debug console
+        watches webhook requests through it).
 
     @raise ConfigError: for a queue driver, Redis URL or webhook target
         sockudo-tw refuses (C{redis-cluster}, an incomplete Lambda target,
@@ -447,7 +452,9 @@ def build_webhooks(
     )
     pool = HTTPConnectionPool(reactor)
     pool.maxPersistentPerHost = concurrency
-    http = HTTPClient(Agent(reactor, pool=pool))
+    http: HTTPPoster = HTTPClient(Agent(reactor, pool=pool))
+    if watch_posts is not None:
+        http = watch_posts(http)
     sender = WebhookSender(apps, http, reactor, settings, metrics)
     events = WebhookEvents(apps, queue, reactor, settings, pending)
 
@@ -722,7 +729,13 @@ def _front(
         # Sockudo counts /up as an API call too.
         health = MeteredResource(health, metrics, reactor, app_store)
     site = make_site(
-        RootResource(websocket.resource, api, health),
+        RootResource(
+            websocket.resource,
+            api,
+            health,
+            cors=config.cors,
+            usage_enabled=config.http_limits.usage_enabled,
+        ),
         access_log=config.debug,
         limits=config.http_limits,
         clock=reactor,
@@ -800,21 +813,26 @@ def make_service(
         observer = MetricsObserver(metrics)
     adapter_parts = build_adapter(config, reactor)
     adapter, adapter_health = adapter_parts.adapter, adapter_parts.health
+    # The debug console's hooks are identities when console.enabled is off.
+    console = build_console(config, reactor, app_store, adapter, cache)
     webhooks = build_webhooks(
         config,
         reactor,
         app_store,
         WebhookMetrics(metrics) if metrics is not None else None,
         cluster_redis=adapter_parts.redis,
+        watch_posts=console.watch_posts,
     )
     observer = webhooks.events if observer is None else _Observers(observer, webhooks.events)
+    observer = console.observe(observer)
     adapter_parts.observe(observer)
     websocket = _websocket_resource(config, reactor, app_store, adapter, cache, observer, metrics)
     if metrics is not None:
         _watch_metrics(metrics, websocket.connections, adapter, webhooks)
     lifecycle = Lifecycle()
     health: IResource = HealthResource(app_store, adapter_health, lifecycle, reactor)
-    listening = _front(config, reactor, app_store, adapter, cache, metrics, websocket, health)
+    api_adapter = console.watch_api(adapter)
+    listening = _front(config, reactor, app_store, api_adapter, cache, metrics, websocket, health)
 
     root = SockudoService(
         reactor,
@@ -825,6 +843,8 @@ def make_service(
         warnings,
     )
     _add_backends(root, webhooks, adapter)
+    for console_service in console.services:
+        console_service.setServiceParent(root)
     _add_app_store(root, reactor, app_store, metrics)
     descriptions = list(listen) or config_listeners(config)
     if not listen and config.unix_socket.enabled:
@@ -845,9 +865,10 @@ def make_service(
         )
         root.add_listener(pool)
     announced = [("Pusher WebSocket and HTTP API", d, "") for d in descriptions]
-    for what, at, path, factory in _extra_listeners(
-        config, reactor, listen, metrics, metrics_resource
-    ):
+    for what, at, path, factory in [
+        *_extra_listeners(config, reactor, listen, metrics, metrics_resource),
+        *console.listeners,
+    ]:
         root.add_listener(strports.service(at, factory, reactor=reactor))
         announced.append((what, at, path))
     root.startup = StartupSummary(

@@ -1,11 +1,13 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.test_web,tests.test_fallback_transports -*-
 """
 The HTTP resource tree shared by WebSocket and REST on every listener.
 
 C{/app/...} goes to the WebSocket resource (a leaf, so C{/app/{key}} reaches
 it whole), C{/apps/...} and C{/users/...} to the REST API (Klein sees the
 full path), and C{/}, C{/up} and C{/up/{app_id}} answer health checks as
-Sockudo does (sockudo-reference.md section 3.7).
+Sockudo does (sockudo-reference.md section 3.7). pusher-js's HTTP fallback
+transports (C{/pusher/...}) get a 404 saying only WebSocket is served, with
+CORS headers (L{FallbackTransportResource}).
 """
 
 from __future__ import annotations
@@ -35,15 +37,20 @@ from zope.interface import implementer
 
 from sockudo_tw.appstores import AppStoreUnavailableError, IAppStore
 from sockudo_tw.compat.twisted import request_gone
-from sockudo_tw.config import HttpLimits
+from sockudo_tw.config import CorsConfig, HttpLimits
+from sockudo_tw.usage import mount_operational
 
 __all__ = [
     "BARE_EOL",
+    "FALLBACK_TRANSPORT_ENDINGS",
+    "FALLBACK_TRANSPORT_MESSAGE",
+    "FALLBACK_TRANSPORT_PATH",
     "HEALTH_CHECK_TIMEOUT",
     "REASONS",
     "SERVER_NAME",
     "BoundedChannel",
     "BoundedRequest",
+    "FallbackTransportResource",
     "HealthResource",
     "JsonError",
     "Lifecycle",
@@ -245,17 +252,131 @@ class JsonError(Resource):
         return self._body
 
 
+FALLBACK_TRANSPORT_PATH = b"pusher"
+"""
+The first path segment of pusher-js's HTTP fallback URLs by default (its
+C{httpPath} option, C{/pusher}): C{xhr_streaming}, C{xhr_polling} and
+C{sockjs} all live under it.
+"""
+
+FALLBACK_TRANSPORT_ENDINGS = frozenset(
+    {b"xhr_streaming", b"xhr", b"xhr_send", b"eventsource", b"htmlfile", b"jsonp", b"jsonp_send"}
+)
+"""
+The last path segment of an HTTP fallback request under any C{httpPath}:
+pusher-js's C{xhr_streaming} and C{xhr_polling} (whose sends go to
+C{xhr_send}) and SockJS's other transports.
+"""
+
+FALLBACK_TRANSPORT_MESSAGE = (
+    "This server supports only WebSocket transports (ws, wss): HTTP fallback transports "
+    "(xhr_streaming, xhr_polling, sockjs) are not available. "
+    "Connect with enabledTransports: ['ws', 'wss']."
+)
+
+
+def _is_fallback_transport(path: bytes, request: Request) -> bool:
+    """
+    Whether C{request} (first segment C{path}) asks for an HTTP fallback
+    transport: under C{/pusher/}, or ending with one of the transports'
+    segments.
+    """
+    if path == FALLBACK_TRANSPORT_PATH:
+        return True
+    rest = request.postpath
+    last = rest[-1] if rest else path
+    return last in FALLBACK_TRANSPORT_ENDINGS
+
+
+class FallbackTransportResource(Resource):
+    """
+    The answer to pusher-js's and SockJS's HTTP fallback transports, which
+    this server does not implement: 404 with a JSON body saying that only
+    WebSocket is served, with the API's CORS headers (C{cors}) so that a
+    browser shows that 404 instead of a misleading CORS error. The
+    preflight pusher-js's C{Content-Type: application/json} POSTs cause is
+    answered as the API answers one.
+    """
+
+    isLeaf = True  # noqa: N815 (twisted.web's name)
+
+    def __init__(self, cors: CorsConfig) -> None:
+        super().__init__()
+        self._origins = cors.origin
+        self._any_origin = any(o in ("*", "any", "Any") for o in cors.origin)
+        self._credentials = cors.credentials
+        self._methods = ", ".join(cors.methods).encode("latin-1")
+        self._headers = ", ".join(cors.allowed_headers).encode("latin-1")
+        self._body = json.dumps({"error": FALLBACK_TRANSPORT_MESSAGE}).encode("utf-8")
+
+    def _allow_origin(self, request: Request) -> bool:
+        """
+        Set C{Access-Control-Allow-Origin} (and, for a listed origin with
+        credentials, C{Access-Control-Allow-Credentials}) when the request's
+        C{Origin} is allowed.
+
+        @return: whether it is (no C{Origin}: nothing to allow, false).
+        """
+        origin = request.getHeader(b"origin")
+        if origin is None or not self._origins:
+            return False
+        if self._any_origin:
+            request.setHeader(b"access-control-allow-origin", b"*")
+            return True
+        if origin.decode("latin-1") not in self._origins:
+            return False
+        request.setHeader(b"access-control-allow-origin", origin)
+        request.setHeader(b"vary", b"Origin")
+        if self._credentials:
+            request.setHeader(b"access-control-allow-credentials", b"true")
+        return True
+
+    def render(self, request: Request) -> bytes:
+        """
+        A preflight (C{OPTIONS} with C{Access-Control-Request-Method}) from
+        an allowed origin gets 204 with the allowed methods and headers;
+        every other request 404 with the explanation.
+        """
+        allowed = self._allow_origin(request)
+        preflight = (
+            request.method == b"OPTIONS"
+            and request.getHeader(b"access-control-request-method") is not None
+        )
+        if preflight and allowed:
+            request.setResponseCode(204)
+            request.setHeader(b"access-control-allow-methods", self._methods)
+            request.setHeader(b"access-control-allow-headers", self._headers)
+            return b""
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return self._body
+
+
 class RootResource(Resource):
     """
     The root of every listener's C{Site}.
+
+    @param cors: the API's CORS settings, also sent with the answer to the
+        HTTP fallback transports (L{FallbackTransportResource}).
+    @param usage_enabled: serve C{GET /usage} (C{http_api.usage_enabled}).
     """
 
-    def __init__(self, websocket: IResource, api: IResource, health: IResource) -> None:
+    def __init__(
+        self,
+        websocket: IResource,
+        api: IResource,
+        health: IResource,
+        cors: CorsConfig | None = None,
+        usage_enabled: bool = True,
+    ) -> None:
         super().__init__()
         self._websocket = websocket
         self._api = api
         self._health = health
         self._ok = _Ok()
+        self._fallback = FallbackTransportResource(cors if cors is not None else CorsConfig())
+        mount_operational(self, usage_enabled)  # /live and /usage (usage.py)
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         """
@@ -278,6 +399,8 @@ class RootResource(Resource):
             return self._health
         if path == b"" and not request.postpath:
             return self._ok
+        if _is_fallback_transport(path, request):
+            return self._fallback
         missing: IResource = Resource.getChild(self, path, request)
         return missing
 

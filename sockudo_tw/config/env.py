@@ -133,6 +133,12 @@ _ENV: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("QUEUE_SQS_FIFO", ("queue", "sqs", "fifo"), "bool"),
     ("QUEUE_SQS_MESSAGE_GROUP_ID", ("queue", "sqs", "message_group_id"), "str"),
     ("QUEUE_SQS_ENDPOINT_URL", ("queue", "sqs", "endpoint_url"), "str"),
+    ("HTTP_API_USAGE_ENABLED", ("http_api", "usage_enabled"), "bool"),
+    ("SOCKUDO_CONSOLE_ENABLED", ("console", "enabled"), "bool"),
+    ("SOCKUDO_CONSOLE_HOST", ("console", "host"), "str"),
+    ("SOCKUDO_CONSOLE_PORT", ("console", "port"), "int"),
+    ("SOCKUDO_CONSOLE_USERNAME", ("console", "username"), "str"),
+    ("SOCKUDO_CONSOLE_PASSWORD", ("console", "password"), "str"),
 )
 
 # Sockudo's variables for drivers sockudo-tw does not implement (all refused

@@ -395,6 +395,12 @@ KEYS: tuple[Key, ...] = (
     Key("http_api.header_timeout_seconds", 10, HONOURED),
     Key("http_api.body_timeout_seconds", 30, HONOURED),
     Key("http_api.idle_timeout_seconds", 60, HONOURED),
+    Key("http_api.usage_enabled", True, HONOURED),
+    Key("console.enabled", False, HONOURED),
+    Key("console.host", "127.0.0.1", HONOURED),
+    Key("console.port", 9602, HONOURED),
+    Key("console.username", "", HONOURED),
+    Key("console.password", "", HONOURED),
     Key("instance.process_id", None, WARNED, "ignored; nothing in sockudo-tw uses a process id"),
     Key("debug", False, HONOURED),
     Key("host", "0.0.0.0", HONOURED),
@@ -593,6 +599,22 @@ class MetricsConfig:
 
 
 @attrs.frozen
+class ConsoleConfig:
+    """
+    C{console} (ours, not Sockudo's): the live debug console, an operator
+    page on its own listener, off by default and always behind HTTP Basic
+    authentication with C{username} and C{password} (a config that enables
+    it without both is refused).
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9602
+    username: str = ""
+    password: str = attrs.field(default="", repr=False)
+
+
+@attrs.frozen
 class SslConfig:
     """
     C{ssl}: TLS on the main listener.
@@ -621,6 +643,8 @@ class HttpLimits:
     @ivar body_timeout_seconds: from the end of the head until the body is
         complete; then 408 and close.
     @ivar idle_timeout_seconds: a keep-alive connection between requests.
+    @ivar usage_enabled: whether C{GET /usage} (the host's memory) is
+        served (Sockudo's key).
     """
 
     request_limit_in_mb: int = 10
@@ -629,6 +653,7 @@ class HttpLimits:
     header_timeout_seconds: int = 10
     body_timeout_seconds: int = 30
     idle_timeout_seconds: int = 60
+    usage_enabled: bool = True
 
     @property
     def body_limit(self) -> int:
@@ -803,6 +828,7 @@ class ServerConfig:
     queue: QueueConfig = QueueConfig()
     rate_limiter: RateLimiterConfig = RateLimiterConfig()
     metrics: MetricsConfig = MetricsConfig()
+    console: ConsoleConfig = ConsoleConfig()
     ssl: SslConfig = SslConfig()
     cors: CorsConfig = CorsConfig()
     unix_socket: UnixSocketConfig = UnixSocketConfig()

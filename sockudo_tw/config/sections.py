@@ -31,6 +31,7 @@ from sockudo_tw.config.schema import (
     CacheConfig,
     ClusterHealthConfig,
     ConfigError,
+    ConsoleConfig,
     CorsConfig,
     DatabaseRedisConfig,
     DynamoDbConfig,
@@ -96,6 +97,7 @@ def parse_tree(
     logging = parse_logging(top)
     websocket_limits = parse_websocket_limits(top)
     http_limits = parse_http_api(top)
+    console = parse_console(top, ssl.enabled)
     process_id = parse_instance(top)
     config = ServerConfig(
         debug=top.boolean("debug"),
@@ -115,6 +117,7 @@ def parse_tree(
         queue=queue,
         rate_limiter=rate_limiter,
         metrics=metrics,
+        console=console,
         ssl=ssl,
         cors=cors,
         unix_socket=unix_socket,
@@ -632,8 +635,44 @@ def parse_http_api(top: Section) -> HttpLimits:
         header_timeout_seconds=http_api.integer("header_timeout_seconds", minimum=1),
         body_timeout_seconds=http_api.integer("body_timeout_seconds", minimum=1),
         idle_timeout_seconds=http_api.integer("idle_timeout_seconds", minimum=1),
+        usage_enabled=http_api.boolean("usage_enabled"),
     )
     http_api.finish()
+    return config
+
+
+def parse_console(top: Section, ssl_enabled: bool) -> ConsoleConfig:
+    """
+    C{console} (ours): the live debug console's listener and credentials.
+    Enabling it without both credentials is refused: the console is never
+    served unauthenticated. A listener off loopback without TLS is warned
+    about (Basic credentials would cross the network in clear); with
+    C{ssl_enabled} the console listener uses the main listener's TLS files.
+    """
+    console = top.section("console")
+    config = ConsoleConfig(
+        enabled=console.boolean("enabled"),
+        host=console.string("host"),
+        port=console.integer("port", **_PORT_RANGE),
+        username=console.string("username"),
+        password=console.string("password"),
+    )
+    console.finish()
+    if not config.enabled:
+        return config
+    if not config.username or not config.password:
+        raise ConfigError(
+            "console.enabled: true needs console.username and console.password"
+            " (the console is never served without authentication)"
+        )
+    if ":" in config.username:
+        raise ConfigError("console.username: must not contain ':' (HTTP Basic)")
+    if config.host not in ("127.0.0.1", "::1", "localhost") and not ssl_enabled:
+        console.warn(
+            "host",
+            f"{config.host!r} is not loopback and ssl is off: console passwords"
+            " cross the network in clear; put TLS in front of it",
+        )
     return config
 
 
