@@ -22,6 +22,7 @@ from klein import Klein
 from prometheus_client import CollectorRegistry
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorTime
 from twisted.logger import ILogObserver, Logger
@@ -762,6 +763,18 @@ def _add_backends(root: SockudoService, webhooks: WebhookParts, adapter: IAdapte
         IService(adapter).setServiceParent(root)
 
 
+def _keep_unix_mode(port: IListeningPort, path: str, mode: int) -> None:
+    """
+    Give the Unix socket file at C{path} the configured C{mode} again, if
+    C{port} listens on it.
+    """
+    address = port.getHost()
+    if isinstance(address, UNIXAddress) and os.path.abspath(
+        os.fsdecode(address.name or b"")
+    ) == os.path.abspath(path):
+        os.chmod(path, mode)
+
+
 def _add_app_store(
     root: SockudoService, reactor: Any, app_store: IAppStore, metrics: PusherMetrics | None
 ) -> None:
@@ -852,6 +865,13 @@ def make_service(
         root.prepare_steps.append(lambda: prepare_unix_socket(path))
     for description in descriptions:
         root.add_listener(strports.service(description, listening, reactor=reactor))
+    if config.unix_socket.enabled and listen:
+        # A worker adopts the parent's Unix socket, and Twisted's adoption
+        # chmods the socket file to 0666: set the configured mode again.
+        for index in range(len(root.listeners)):
+            root.listening_port(index).addCallback(
+                _keep_unix_mode, config.unix_socket.path, config.unix_socket.permission_mode
+            ).addErrback(lambda _: None)  # a listener that failed is logged already
     if config.workers > 1:
         from sockudo_tw.workers import WorkerPool
 

@@ -464,3 +464,35 @@ class WorkersSettingTests(SynchronousTestCase):
         self.assertEqual(pools[0].twistd_args, ["--config", "/c.json"])
         single = make_service(parse_config(None, {}), MemoryReactorClock())
         self.assertEqual([s for s in single.listeners if isinstance(s, WorkerPool)], [])
+
+
+class AdoptedUnixSocketModeTests(SynchronousTestCase):
+    """
+    A worker that adopts the parent's Unix socket sets the configured file
+    mode again: Twisted's adoption chmods the socket file to 0666.
+    """
+
+    def test_mode_restored(self) -> None:
+        from sockudo_tw.service import _keep_unix_mode
+
+        path = os.path.join(self.mktemp(), "s.sock")
+        os.makedirs(os.path.dirname(path))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(sock.close)
+        sock.bind(path)
+        os.chmod(path, 0o666)
+        _keep_unix_mode(FakePort(self, UNIXAddress(path.encode())), path, 0o660)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o660)
+
+    def test_other_listeners_untouched(self) -> None:
+        from sockudo_tw.service import _keep_unix_mode
+
+        path = os.path.join(self.mktemp(), "s.sock")
+        os.makedirs(os.path.dirname(path))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(sock.close)
+        sock.bind(path)
+        os.chmod(path, 0o666)
+        _keep_unix_mode(FakePort(self, IPv4Address("TCP", "127.0.0.1", 6001)), path, 0o660)
+        _keep_unix_mode(FakePort(self, UNIXAddress(path.encode() + b"x")), path, 0o660)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o666)
