@@ -17,8 +17,10 @@ import secrets
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+from twisted.enterprise import adbapi
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
@@ -41,6 +43,7 @@ from sockudo_tw.appstores.sql import (
     check_table_name,
     missing_columns,
 )
+from sockudo_tw.compat import adbapi as compat_adbapi
 from sockudo_tw.config import ServerConfig
 from sockudo_tw.config.schema import ConfigError, SqlDatabaseConfig
 from sockudo_tw.pusher.app import App, WebhookTarget
@@ -707,6 +710,66 @@ class _SqlStoreTests:
         case.assertEqual((await source.fetch_by_key("key-2")).id, "app-2")
         case.assertEqual(len(await source.fetch_all()), 2)
         case.assertEqual(case.flushLoggedErrors(), [])
+
+    async def _eventually(self, fetch: Callable[[], Deferred[Any]], failures: int) -> Any:
+        """
+        The result of C{fetch()}, called until it succeeds, at most
+        C{failures} failing calls (each quick: not a timeout) allowed.
+        """
+        case: Any = self
+        for attempt in range(failures + 1):
+            started = reactor.seconds()
+            try:
+                return await fetch().addTimeout(10, reactor)
+            except Exception as e:
+                case.assertNotIsInstance(e, (TimeoutError, CancelledError))
+                case.assertLess(reactor.seconds() - started, 3, f"attempt {attempt}")
+        case.fail(f"still failing after {failures + 1} attempts")
+
+    async def test_outage_public_fallback(self) -> None:
+        """
+        With the guard of L{sockudo_tw.compat.adbapi} forced off, the source
+        runs on adbapi's public API (a plain pool with C{cp_reconnect},
+        C{runInteraction}): fetches work; after a restart between lookups
+        each stale pooled connection (at most C{pool_max}) fails one fetch,
+        and then fetches answer; during an outage fetches fail quickly;
+        after it they answer again. adbapi logs the broken connections as
+        errors: the fallback is noisier, not wrong.
+        """
+        case: Any = self
+        case.patch(compat_adbapi, "QUIET_CONNECTIONS", False)
+        await self._setup_database()
+        proxy = start_proxy(case, self.port)
+        source = self._source(port=proxy.port)
+        case.assertIs(type(source._pool), adbapi.ConnectionPool)
+        case.assertIs(source._pool.connectionFactory, adbapi.Connection)
+        await source.prepare()
+        await self._sql(self.insert_apps)
+        apps = await gatherResults([source.fetch_by_id("app-1") for _ in range(3)])
+        case.assertEqual([a.key for a in apps], ["key-1"] * 3)
+        case.assertGreater(proxy.connections, 0)
+        # A restart between two lookups: the pool's connections are stale.
+        proxy.cut()
+        proxy.restore()
+        app = await self._eventually(lambda: source.fetch_by_id("app-1"), failures=3)
+        case.assertEqual(app.key, "key-1")
+        # An outage seen by lookups.
+        proxy.cut()
+        for attempt in range(4):
+            started = reactor.seconds()
+            try:
+                await source.fetch_by_id("app-1").addTimeout(10, reactor)
+            except Exception as e:
+                case.assertNotIsInstance(e, (TimeoutError, CancelledError))
+            else:
+                case.fail(f"attempt {attempt}: a fetch succeeded during the outage")
+            case.assertLess(reactor.seconds() - started, 3, f"attempt {attempt}")
+        proxy.restore()
+        other = await self._eventually(lambda: source.fetch_by_key("key-2"), failures=3)
+        case.assertEqual(other.id, "app-2")
+        everything = await self._eventually(source.fetch_all, failures=3)
+        case.assertEqual(len(everything), 2)
+        case.flushLoggedErrors()
 
     async def test_frozen_database(self) -> None:
         """

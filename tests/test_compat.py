@@ -7,22 +7,26 @@ every fallback on public API behaves right with its guard forced off.
 from __future__ import annotations
 
 import socket
+import sqlite3
 from typing import Any
 
 import txredisapi
 from twisted.application.internet import ClientService
 from twisted.copyright import version as twisted_version
+from twisted.enterprise import adbapi
+from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.tcp import Connection
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http import Request
 from twisted.web.test.requesthelper import DummyChannel
 
+from sockudo_tw.compat import adbapi as compat_adbapi
 from sockudo_tw.compat import twisted as compat_twisted
 from sockudo_tw.compat import txredisapi as compat_txredisapi
 from sockudo_tw.directwrite import idle_socket, write_now
@@ -47,6 +51,18 @@ class GuardTests(SynchronousTestCase):
         self.assertTrue(compat_twisted.WRITE_BUFFERS, f"{where} (FileDescriptor buffers)")
         self.assertTrue(compat_twisted.CLIENT_SERVICE_LOG, f"{where} (ClientService._log)")
         self.assertTrue(compat_twisted.REQUEST_DISCONNECTED, f"{where} (Request._disconnected)")
+
+    def test_twisted_adbapi(self) -> None:
+        """
+        The installed Twisted's adbapi keeps the connection internals
+        L{sockudo_tw.compat.adbapi} reads and replaces.
+        """
+        where = f"Twisted {twisted_version}: re-check sockudo_tw/compat/adbapi.py"
+        self.assertTrue(compat_adbapi.RECOGNISED, f"{where} (outside KNOWN_RANGE)")
+        self.assertTrue(
+            compat_adbapi.QUIET_CONNECTIONS,
+            f"{where} (Connection._connection/_pool, ConnectionPool.connectionFactory)",
+        )
 
     def test_txredisapi(self) -> None:
         """
@@ -280,3 +296,119 @@ class _Side:
 
     def lost(self, protocol: object) -> None:
         self.gone.append(protocol)
+
+
+class _ConnectionKeepingNothing:
+    """
+    A connection class that keeps neither its pool nor its connection where
+    adbapi does.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.connection = pool.connect()
+
+    def reconnect(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+
+class _PoolOfOtherConnections(adbapi.ConnectionPool):
+    """
+    A pool whose connections are not adbapi's.
+    """
+
+    connectionFactory = _ConnectionKeepingNothing  # noqa: N815 (adbapi's name)
+
+
+class AdbapiGuardTests(SynchronousTestCase):
+    """
+    L{compat_adbapi.quiet_connection_pool}: our quiet pool with the guard on,
+    adbapi's plain pool with C{cp_reconnect} with it off; the guard refuses
+    shapes it does not know. (The SQL app stores run the outage tests with
+    the guard forced off too: C{tests.test_appstore_sql}.)
+    """
+
+    def pool(self) -> adbapi.ConnectionPool:
+        pool = compat_adbapi.quiet_connection_pool(
+            "sqlite3", cp_min=0, cp_max=1, cp_reactor=MemoryReactor(), database=":memory:"
+        )
+        self.assertTrue(pool.reconnect)
+        self.assertFalse(pool.noisy)
+        self.assertEqual(pool.connkw, {"database": ":memory:"})
+        return pool
+
+    def test_guard_on(self) -> None:
+        """
+        The pool's connections are our subclass of adbapi's.
+        """
+        pool = self.pool()
+        self.assertIsNot(type(pool), adbapi.ConnectionPool)
+        self.assertTrue(issubclass(pool.connectionFactory, adbapi.Connection))
+        self.assertIsNot(pool.connectionFactory, adbapi.Connection)
+        self.assertIs(adbapi.ConnectionPool.connectionFactory, adbapi.Connection)
+
+    def test_guard_off(self) -> None:
+        """
+        With the guard off the pool is adbapi's own, reconnecting.
+        """
+        self.patch(compat_adbapi, "QUIET_CONNECTIONS", False)
+        pool = self.pool()
+        self.assertIs(type(pool), adbapi.ConnectionPool)
+        self.assertIs(pool.connectionFactory, adbapi.Connection)
+
+    def test_unknown_shapes(self) -> None:
+        """
+        A connection class keeping its pool or connection elsewhere, or a
+        pool with other connections, is not recognised.
+        """
+        self.assertTrue(compat_adbapi._connection_known())
+        self.assertTrue(compat_adbapi._pool_known())
+        self.assertFalse(compat_adbapi._connection_known(_ConnectionKeepingNothing))
+        self.assertFalse(compat_adbapi._pool_known(_PoolOfOtherConnections))
+
+
+def _rows(cursor: Any, sql: str) -> list[Any]:
+    cursor.execute(sql)
+    return list(cursor.fetchall())
+
+
+class AdbapiQueryTests(TestCase):
+    """
+    L{compat_adbapi.run_with_fresh_connection} runs a query in the pool's
+    threads, committed, with the guard on and off (SQLite in a file).
+    """
+
+    async def run_queries(self) -> None:
+        database = self.mktemp()
+        pool = compat_adbapi.quiet_connection_pool(
+            "sqlite3",
+            cp_min=1,
+            cp_max=1,
+            cp_reactor=_reactor,
+            database=database,
+            check_same_thread=False,  # the pool closes it from the reactor thread
+        )
+        self.addCleanup(pool.close)
+        run = compat_adbapi.run_with_fresh_connection
+        await run(pool, _rows, "CREATE TABLE t (x INTEGER)")
+        await run(pool, _rows, "INSERT INTO t VALUES (1)")
+        with self.assertRaises(sqlite3.OperationalError):
+            await run(pool, _rows, "INSERT INTO nowhere VALUES (1)")
+        self.assertEqual(await run(pool, _rows, "SELECT x FROM t"), [(1,)])
+
+    async def test_guard_on(self) -> None:
+        """
+        Our connection's path answers, and a failed query fails.
+        """
+        await self.run_queries()
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    async def test_guard_off(self) -> None:
+        """
+        adbapi's public C{runInteraction} answers the same.
+        """
+        self.patch(compat_adbapi, "QUIET_CONNECTIONS", False)
+        await self.run_queries()

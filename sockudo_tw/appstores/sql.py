@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import attrs
-from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
 from twisted.logger import Logger
@@ -28,6 +27,7 @@ from zope.interface import implementer
 
 from sockudo_tw.appstores import IAppSource
 from sockudo_tw.appstores.records import InvalidRecord, app_from_record
+from sockudo_tw.compat.adbapi import quiet_connection_pool, run_with_fresh_connection
 from sockudo_tw.config.schema import ConfigError, SqlDatabaseConfig
 from sockudo_tw.pusher.app import App
 
@@ -289,93 +289,7 @@ def apps_from_rows(
     return apps
 
 
-class _Connection(adbapi.Connection):
-    """
-    A pooled connection (one per pool thread) that knows whether it was
-    reused from an earlier query, and that drops itself quietly when it
-    turns out to be broken (the database went away), so that the thread
-    connects afresh next time. C{adbapi}'s own C{cp_reconnect} drops it as
-    well but logs each broken connection as an error with a traceback,
-    twice.
-
-    @ivar reused: the connection served an earlier query of this thread
-        (it may have gone stale since), rather than being opened for this
-        one.
-    """
-
-    reused = False
-
-    def healthy(self) -> bool:
-        """
-        After a failed query: roll back and run C{cp_good_sql}; if that
-        fails too the connection is broken, and is dropped.
-        """
-        connection: Any = self._connection
-        try:
-            connection.rollback()
-            cursor = connection.cursor()
-            cursor.execute(self._pool.good_sql)
-            cursor.fetchall()
-            cursor.close()
-            connection.commit()
-        except Exception:
-            self._drop()
-            return False
-        return True
-
-    def rollback(self) -> None:
-        self.healthy()
-
-    def reconnect(self) -> None:
-        if self._connection is not None:
-            self._drop()
-        pool = self._pool
-        self.reused = pool.threadID() in pool.connections
-        self._connection = pool.connect()
-
-    def _drop(self) -> None:
-        """
-        Forget this thread's connection and close it, ignoring errors (it
-        is broken already).
-        """
-        pool = self._pool
-        connection: Any = self._connection
-        tid = pool.threadID()
-        if pool.connections.get(tid) is connection:
-            del pool.connections[tid]
-        try:
-            connection.close()
-        except Exception:
-            pass
-
-
-class _ConnectionPool(adbapi.ConnectionPool):
-    """
-    C{adbapi}'s pool with the connections of L{_Connection}.
-    """
-
-    connectionFactory = _Connection  # noqa: N815 (adbapi's name)
-
-
 _Rows = tuple[list[str], list[tuple[Any, ...]]]
-
-
-def _with_connection(connection: _Connection, work: Callable[..., Any], *args: Any) -> Any:
-    """
-    C{work(cursor, *args)}, in a pool thread (the pool commits after it,
-    or rolls back). A connection that went stale while idle (the database
-    restarted, a proxy closed it) fails its first query: then the query is
-    tried once more on a new connection, so that a database that came back
-    answers at once, however many stale connections the pool holds.
-    """
-    reused = connection.reused
-    try:
-        return work(connection.cursor(), *args)
-    except Exception:
-        if not reused or connection.healthy():
-            raise
-    connection.reconnect()
-    return work(connection.cursor(), *args)
 
 
 def _query(cursor: Any, sql: str, params: tuple[Any, ...]) -> _Rows:
@@ -384,9 +298,7 @@ def _query(cursor: Any, sql: str, params: tuple[Any, ...]) -> _Rows:
     """
     cursor.execute(sql, params)
     names = [_text(d[0]) for d in cursor.description]
-    rows = list(cursor.fetchall())
-    cursor.close()
-    return names, rows
+    return names, list(cursor.fetchall())
 
 
 def _text(value: object) -> str:
@@ -443,12 +355,10 @@ class SqlAppSource:
         self.description = (
             f"{dialect.name} table {self.table!r} at {host}:{database.port}/{database.database}"
         )
-        self._pool = _ConnectionPool(  # type: ignore[no-untyped-call]
+        self._pool = quiet_connection_pool(
             dialect.module_name,
             cp_min=database.pool_min,
             cp_max=max(1, database.pool_max),
-            cp_reconnect=True,
-            cp_noisy=False,
             cp_reactor=reactor,
             **dialect.connect_arguments(database),
         )
@@ -459,12 +369,11 @@ class SqlAppSource:
 
     def _in_pool(self, work: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """
-        C{work(cursor, *args)} in a pool thread (L{_with_connection}),
+        C{work(cursor, *args)} in a pool thread, retried once on a fresh
+        connection if it failed on a stale one (L{run_with_fresh_connection}),
         failing after the query timeout.
         """
-        d: Deferred[Any] = self._pool.runWithConnection(  # type: ignore[no-untyped-call]
-            _with_connection, work, *args
-        )
+        d = run_with_fresh_connection(self._pool, work, *args)
         return d.addTimeout(self._query_timeout, cast(IReactorTime, self._reactor))
 
     def prepare(self) -> Deferred[None]:

@@ -7,8 +7,9 @@ writes or overrides an underscore attribute of Twisted, txaio, txredisapi,
 Klein, treq or Autobahn, nor behaviour they do not document. Where a
 measured speed-up or a quieter log needs such an internal, the use lives
 here, one module per project (L{sockudo_tw.compat.twisted},
-L{sockudo_tw.compat.txredisapi}, L{sockudo_tw.compat.autobahn}), and each
-use:
+L{sockudo_tw.compat.txredisapi}, L{sockudo_tw.compat.autobahn}; Twisted's
+C{adbapi} has its own, L{sockudo_tw.compat.adbapi}, as only the SQL app
+stores use it), and each use:
 
   - names the versions it was checked against (C{CHECKED_ON});
   - is guarded at import: the module checks that the installed version is

@@ -25,6 +25,10 @@ shape:
 The listening port of a C{StreamServerEndpointService} (formerly read from
 its C{_waitingForPort}) needs no internal: L{sockudo_tw.listening} records it
 through the public C{endpoint} attribute.
+
+The internals of C{twisted.enterprise.adbapi} the SQL app stores use (a
+connection's C{_connection} and C{_pool}) are guarded in
+L{sockudo_tw.compat.adbapi}, against the same range.
 """
 
 from __future__ import annotations
