@@ -169,6 +169,7 @@ def _websocket_resource(
     cache: IChannelCache,
     observer: IPusherEvents | None = None,
     metrics: PusherMetrics | None = None,
+    limiter: IRateLimiter | None = None,
 ) -> WebSocketPart:
     """
     Build the C{/app/} WebSocket resource: the Pusher protocol
@@ -196,7 +197,7 @@ def _websocket_resource(
     if config.rate_limiter.enabled:
         resource = _ip_limited(
             resource,
-            build_rate_limiter(config, reactor),
+            limiter if limiter is not None else build_rate_limiter(config, reactor),
             config.rate_limiter.websocket_rate_limit,
             metrics,
             "websocket_upgrade",
@@ -215,6 +216,7 @@ def _api_resource(
     adapter: IAdapter | None,
     cache: IChannelCache,
     metrics: PusherMetrics | None = None,
+    limiter: IRateLimiter | None = None,
 ) -> tuple[IResource, PusherApi | None]:
     """
     Build the REST API resource: L{sockudo_tw.api.PusherApi} behind the
@@ -231,7 +233,7 @@ def _api_resource(
     if adapter is None:
         stub: IResource = Klein().resource()
         return stub, None
-    limiter = build_rate_limiter(config, reactor)
+    limiter = limiter if limiter is not None else build_rate_limiter(config, reactor)
     api = PusherApi(
         clock=reactor,
         app_store=app_store,
@@ -249,7 +251,7 @@ def _api_resource(
         return resource, api
     limited = _ip_limited(
         resource,
-        build_rate_limiter(config, reactor),
+        limiter,
         config.rate_limiter.api_rate_limit,
         metrics,
         "http_api",
@@ -716,12 +718,13 @@ def _front(
     metrics: PusherMetrics | None,
     websocket: WebSocketPart,
     health: IResource,
+    limiter: IRateLimiter | None = None,
 ) -> IProtocolFactory:
     """
     The factory every main listener serves: the C{Site} (WebSocket, API,
     health), behind the fast trigger front unless the access log is on.
     """
-    api, trigger_api = _api_resource(config, reactor, app_store, adapter, cache, metrics)
+    api, trigger_api = _api_resource(config, reactor, app_store, adapter, cache, metrics, limiter)
     count_call: Recorder | None = None
     if metrics is not None:
         metered = MeteredResource(api, metrics, reactor, app_store)
@@ -748,10 +751,13 @@ def _front(
     return site
 
 
-def _add_backends(root: SockudoService, webhooks: WebhookParts, adapter: IAdapter) -> None:
+def _add_backends(
+    root: SockudoService, webhooks: WebhookParts, adapter: IAdapter, *others: object
+) -> None:
     """
-    Give the webhook sender and a cluster adapter their places in the
-    start and the ordered shutdown.
+    Give the webhook sender, a cluster adapter and any other backend that
+    is a service (the Redis cache, the Redis rate limiter) their places in
+    the start and the ordered shutdown.
     """
     if webhooks.service is not None:
         # Deliver webhooks from before the first client until after the last.
@@ -761,6 +767,9 @@ def _add_backends(root: SockudoService, webhooks: WebhookParts, adapter: IAdapte
     if IService.providedBy(adapter):
         # A cluster adapter connects at start and leaves the cluster last.
         IService(adapter).setServiceParent(root)
+    for backend in others:
+        if IService.providedBy(backend):
+            IService(backend).setServiceParent(root)
 
 
 def _keep_unix_mode(port: IListeningPort, path: str, mode: int) -> None:
@@ -827,7 +836,10 @@ def make_service(
     adapter_parts = build_adapter(config, reactor)
     adapter, adapter_health = adapter_parts.adapter, adapter_parts.health
     # The debug console's hooks are identities when console.enabled is off.
-    console = build_console(config, reactor, app_store, adapter, cache)
+    # One limiter for every rule (their keys start with the rule's
+    # identifier); the Redis one is a service, connected while we run.
+    limiter = build_rate_limiter(config, reactor)
+    console = build_console(config, reactor, app_store, adapter, cache, limiter)
     webhooks = build_webhooks(
         config,
         reactor,
@@ -839,13 +851,17 @@ def make_service(
     observer = webhooks.events if observer is None else _Observers(observer, webhooks.events)
     observer = console.observe(observer)
     adapter_parts.observe(observer)
-    websocket = _websocket_resource(config, reactor, app_store, adapter, cache, observer, metrics)
+    websocket = _websocket_resource(
+        config, reactor, app_store, adapter, cache, observer, metrics, limiter
+    )
     if metrics is not None:
         _watch_metrics(metrics, websocket.connections, adapter, webhooks)
     lifecycle = Lifecycle()
     health: IResource = HealthResource(app_store, adapter_health, lifecycle, reactor)
     api_adapter = console.watch_api(adapter)
-    listening = _front(config, reactor, app_store, api_adapter, cache, metrics, websocket, health)
+    listening = _front(
+        config, reactor, app_store, api_adapter, cache, metrics, websocket, health, limiter
+    )
 
     root = SockudoService(
         reactor,
@@ -855,7 +871,7 @@ def make_service(
         log_observer,
         warnings,
     )
-    _add_backends(root, webhooks, adapter)
+    _add_backends(root, webhooks, adapter, cache, limiter)
     for console_service in console.services:
         console_service.setServiceParent(root)
     _add_app_store(root, reactor, app_store, metrics)

@@ -777,21 +777,42 @@ class RefusedTests(SynchronousTestCase):
 
     def test_cache_drivers(self) -> None:
         """
-        The Redis cache drivers are refused; C{none} keeps memory, warned.
+        The Redis Cluster cache driver is refused; C{redis} is accepted;
+        C{none} keeps memory, warned.
         """
-        for driver in ("redis", "redis-cluster"):
-            self.assertRefused({"cache": {"driver": driver}}, {}, "cache.driver", driver)
-        self.assertRefused({}, {"CACHE_DRIVER": "Redis"}, "CACHE_DRIVER", "cache.driver")
+        self.assertRefused(
+            {"cache": {"driver": "redis-cluster"}}, {}, "cache.driver", "redis-cluster"
+        )
+        self.assertRefused({}, {"CACHE_DRIVER": "redis-cluster"}, "CACHE_DRIVER", "cache.driver")
+        self.assertEqual(parse_config({"cache": {"driver": "redis"}}, {}).cache.driver, "redis")
         config = parse_config({"cache": {"driver": "none"}}, {})
         self.assertIn("cache.driver", _warned(config))
 
     def test_rate_limiter_drivers(self) -> None:
         """
-        A Redis rate limiter is refused when the limiter is on, and means
-        nothing when it is off (Sockudo's shipped file).
+        The Redis rate limiter is accepted with its settings; Redis Cluster
+        is refused when the limiter is on; neither means anything when it
+        is off (Sockudo's shipped file).
         """
-        on = {"rate_limiter": {"enabled": True, "driver": "redis"}}
-        self.assertRefused(on, {}, "rate_limiter.driver", "refused")
+        on = parse_config(
+            {
+                "rate_limiter": {
+                    "enabled": True,
+                    "driver": "redis",
+                    "redis": {"prefix": "p:", "url_override": "redis://10.0.0.1:6380/2"},
+                }
+            },
+            {},
+        )
+        self.assertEqual(on.warnings, ())
+        self.assertEqual(
+            (
+                on.rate_limiter.driver,
+                on.rate_limiter.redis_prefix,
+                on.rate_limiter.redis_url_override,
+            ),
+            ("redis", "p:", "redis://10.0.0.1:6380/2"),
+        )
         self.assertRefused(
             {"rate_limiter": {"driver": "redis-cluster"}},
             {"RATE_LIMITER_ENABLED": "true"},

@@ -194,9 +194,9 @@ def _comments(section: dict[str, object]) -> str:
 _DRIVERS = {
     "adapter": (("local", "redis"), ("nats", "redis-cluster")),
     "app_manager": (("memory", "mysql", "pgsql", "postgres", "dynamodb"), ("scylladb",)),
-    "cache": (("memory",), ("redis", "redis-cluster")),
+    "cache": (("memory", "redis"), ("redis-cluster",)),
     "queue": (("memory", "redis", "sqs", "none"), ("redis-cluster",)),
-    "rate_limiter": (("memory",), ("redis", "redis-cluster")),
+    "rate_limiter": (("memory", "redis"), ("redis-cluster",)),
 }
 
 

@@ -1,9 +1,9 @@
 """
 The cache behind cache channels: the last event published on each one.
 
-L{IChannelCache} is the seam; one module per driver (C{memory.py}; Redis
-with the cluster), chosen by name in L{DRIVERS}. Entries expire after a TTL
-measured on an injected clock.
+L{IChannelCache} is the seam; one module per driver (C{memory.py},
+C{redis.py}: shared by every node of a cluster), chosen by name in
+L{DRIVERS}. Entries expire after a TTL (C{channel_limits.cache_ttl}).
 """
 
 from __future__ import annotations
@@ -47,8 +47,16 @@ def _memory(config: ServerConfig, reactor: IReactorTime) -> IChannelCache:
     return MemoryChannelCache(reactor, ttl=config.channel_cache_ttl)
 
 
+def _redis(config: ServerConfig, reactor: IReactorTime) -> IChannelCache:
+    from sockudo_tw.caches.redis import redis_cache_from_config
+
+    # An IService: the composition root starts and stops its connection.
+    return redis_cache_from_config(config, reactor)
+
+
 DRIVERS: dict[str, CacheFactory] = {
     "memory": _memory,
+    "redis": _redis,
     # Sockudo keeps the memory cache for "none"; the config warns about it.
     "none": _memory,
 }

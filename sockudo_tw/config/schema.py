@@ -235,7 +235,7 @@ KEYS: tuple[Key, ...] = (
         "rate_limiter.driver",
         "memory",
         HONOURED,
-        '"redis" and "redis-cluster" are refused when enabled; "none" is warned about',
+        '"redis-cluster" is refused when enabled; "none" is warned about',
     ),
     Key("rate_limiter.api_rate_limit.max_requests", 100, HONOURED),
     Key("rate_limiter.api_rate_limit.window_seconds", 60, HONOURED),

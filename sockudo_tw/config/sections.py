@@ -282,7 +282,7 @@ def parse_app_manager(
 
 def parse_cache(top: Section) -> CacheConfig:
     """
-    C{cache}: the store behind cache channels (only C{memory}).
+    C{cache}: the store behind cache channels (C{memory} or C{redis}).
     """
     cache = top.section("cache")
     cache_redis = cache.section("redis")
@@ -297,7 +297,7 @@ def parse_cache(top: Section) -> CacheConfig:
     )
     refuse_cluster_mode(cache_redis)
     check_redis_url(config.redis_url_override, "cache.redis.url_override")
-    if config.driver in ("redis", "redis-cluster"):
+    if config.driver == "redis-cluster":
         refuse_unimplemented("cache.driver", config.driver, UNIMPLEMENTED_CACHE)
     if config.driver == "none":
         cache.warn("driver", '"none" keeps the memory cache, as Sockudo does')
@@ -387,7 +387,7 @@ def parse_rate_limiter(top: Section) -> RateLimiterConfig:
     )
     refuse_cluster_mode(limiter_redis)
     check_redis_url(config.redis_url_override, "rate_limiter.redis.url_override")
-    if config.enabled and config.driver in ("redis", "redis-cluster"):
+    if config.enabled and config.driver == "redis-cluster":
         refuse_unimplemented("rate_limiter.driver", config.driver, UNIMPLEMENTED_RATE_LIMITER)
     if config.enabled and config.driver == "none":
         limiter.warn("driver", '"none" keeps the memory limiter, as Sockudo does')

@@ -29,11 +29,13 @@ UNIMPLEMENTED_APP_MANAGER = (
     ' use "memory" with app_manager.array.apps (or SOCKUDO_DEFAULT_APP_*)'
 )
 UNIMPLEMENTED_CACHE = (
-    'cache channels would only remember events published through this node; use "memory"'
+    'cache channels would only remember events published through this node; use "redis"'
+    ' (one Redis server shared by the nodes) or "memory"'
 )
 UNIMPLEMENTED_RATE_LIMITER = (
     "each node would count only its own requests, multiplying the limit;"
-    ' use "memory" (per-node limits) or set rate_limiter.enabled to false'
+    ' use "redis" (one Redis server or primary for every node), "memory"'
+    " (per-node limits) or set rate_limiter.enabled to false"
 )
 CLUSTER_MODE = "Redis Cluster is not supported; use a single Redis server or primary"
 

@@ -130,12 +130,16 @@ def build_console(
     app_store: IAppStore,
     adapter: IAdapter,
     cache: IChannelCache,
+    rate_limiter: Any = None,
 ) -> ConsoleParts:
     """
     The console C{config.console} asks for (nothing when it is off).
 
     @param adapter: the daemon's adapter (counts, and the console's
         triggers, which go through an HTTP API of their own on it).
+    @param rate_limiter: the daemon's limiter, so the console's triggers
+        count against the same limits (a Redis one included); by default
+        one of the console's own.
 
     @raise ConfigError: with C{workers} > 1, or without credentials.
     """
@@ -159,7 +163,9 @@ def build_console(
         app_store=app_store,
         adapter=ApiTriggerWatch(adapter, feed),
         cache=cache,
-        rate_limiter=build_rate_limiter(config, reactor),
+        rate_limiter=rate_limiter
+        if rate_limiter is not None
+        else build_rate_limiter(config, reactor),
         request_limit_in_mb=config.http_api_request_limit_in_mb,
     )
     root = console_root(

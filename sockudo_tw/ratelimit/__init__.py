@@ -121,8 +121,20 @@ def _memory(config: ServerConfig, reactor: IReactorTime) -> IRateLimiter:
     return MemoryRateLimiter(reactor)
 
 
+def _redis(config: ServerConfig, reactor: IReactorTime) -> IRateLimiter:
+    if not config.rate_limiter.enabled:
+        # Sockudo's shipped file names "redis" with the limiter off: the
+        # per-app limits then stay in memory and nothing dials Redis.
+        return _memory(config, reactor)
+    from sockudo_tw.ratelimit.redis import redis_rate_limiter_from_config
+
+    return redis_rate_limiter_from_config(config, reactor)
+
+
 DRIVERS: dict[str, LimiterFactory] = {
     "memory": _memory,
+    # A service: the composition root starts and stops it (its Redis link).
+    "redis": _redis,
     # Sockudo keeps the memory limiter for "none"; the config warns about it.
     "none": _memory,
 }
@@ -134,8 +146,9 @@ the config refuses the drivers sockudo-tw does not implement.
 
 def build_rate_limiter(config: ServerConfig, reactor: IReactorTime) -> IRateLimiter:
     """
-    A limiter of the kind C{rate_limiter.driver} names (one per rule: each
-    counts its own keys).
+    A limiter of the kind C{rate_limiter.driver} names. The composition root
+    builds one for every rule (each rule's keys start with its identifier)
+    and starts it with the daemon when it is a service (the Redis one).
     """
     return DRIVERS[config.rate_limiter.driver](config, reactor)
 
