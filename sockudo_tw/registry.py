@@ -56,12 +56,17 @@ class SocketRemoval(Generic[S]):
     @ivar unsubscribed: one outcome per channel the socket was in.
     @ivar went_offline: the user id whose last signed-in socket left.
     @ivar watchers: sockets watching that user, to tell it went offline.
+    @ivar user_id: the user the socket was signed in as, if any (a cluster
+        adapter takes the socket's share of that user out of the cluster).
+    @ivar watchlist: the ids the socket watched.
     """
 
     app_id: str
     unsubscribed: tuple[UnsubscribeOutcome, ...] = ()
     went_offline: str | None = None
     watchers: tuple[S, ...] = ()
+    user_id: str | None = None
+    watchlist: tuple[str, ...] = ()
 
 
 @attrs.define
@@ -170,7 +175,9 @@ class Registry(Generic[S]):
         del self._sockets[socket_id]
         if not app.sockets:
             del self._apps[state.app_id]
-        return SocketRemoval(state.app_id, unsubscribed, went_offline, watchers)
+        return SocketRemoval(
+            state.app_id, unsubscribed, went_offline, watchers, state.user_id, state.watchlist
+        )
 
     # -- channels ------------------------------------------------------------
 
@@ -329,6 +336,30 @@ class Registry(Generic[S]):
                 s for sid, s in app.watchers.get(user_id, {}).items() if sid != socket_id
             )
         return SignInOutcome(came_online, online, offline, watchers)
+
+    def app_of(self, socket_id: str) -> str | None:
+        """
+        The app C{socket_id} belongs to, if it is registered.
+        """
+        state = self._sockets.get(socket_id)
+        return state.app_id if state is not None else None
+
+    def user_of(self, socket_id: str) -> str | None:
+        """
+        The user C{socket_id} is signed in as, if any.
+        """
+        state = self._sockets.get(socket_id)
+        return state.user_id if state is not None else None
+
+    def watchers(self, app_id: str, user_id: str) -> dict[str, S]:
+        """
+        The sockets watching C{user_id}, by socket id (a copy: a cluster
+        adapter tells them about transitions decided on other nodes).
+        """
+        app = self._apps.get(app_id)
+        if app is None:
+            return {}
+        return dict(app.watchers.get(user_id, {}))
 
     def user_sockets(self, app_id: str, user_id: str) -> list[S]:
         """

@@ -54,14 +54,39 @@ Data model (all keys start with the configured prefix C{P}):
   - C{P nodes}: sorted set, node id -> liveness deadline (ms, Redis clock).
   - C{P n:<node>}: hash of this node's contributions, field -> count:
     C{s<US>app<US>channel} sockets in a channel, C{p<US>app<US>channel<US>user}
-    presence sockets of a user, C{c<US>app} connections (US = 0x1F).
+    presence sockets of a user, C{c<US>app} connections, C{u<US>app<US>user}
+    signed-in sockets of a user, C{w<US>app} sockets with a watchlist
+    (US = 0x1F).
   - C{P a:<app>:ch}: channel -> socket count, cluster-wide (occupied
     channels only).
   - C{P a:<app>:p:<channel>}: user id -> socket count, cluster-wide.
   - C{P a:<app>:pi:<channel>}: user id -> user_info JSON (first socket's).
   - C{P conns}: app id -> connection count, cluster-wide.
-  - Pub/sub channel C{P #bus}: broadcasts and terminations, one PUBLISH per
-    event whatever the number of nodes.
+  - C{P a:<app>:u}: user id -> signed-in socket count, cluster-wide (who
+    is online, for watchlists).
+  - C{P watching}: app id -> sockets with a watchlist, cluster-wide; while
+    0, users coming and going are not published.
+  - C{P a:<app>:wseq}: the app's watch-event counter (starts at the Redis
+    time in microseconds, so it keeps growing if Redis loses its data).
+  - Pub/sub channel C{P #bus}: broadcasts, terminations and watch events,
+    one PUBLISH per event whatever the number of nodes.
+
+Watchlists: a user is online while it has a signed-in socket on any node.
+The script that counts a socket in or out (sign-in: APPLY mode C{i};
+disconnect and dead-node purge: the usual APPLY) decides the user's
+first/last socket anywhere atomically and numbers the event; the node that
+ran it tells its own watchers and publishes it once. Each node delivers an
+event to each local watcher of that user unless that watcher was already
+told a later number (publishes from different nodes can arrive out of
+order) or already has that state. The
+sign-in script also counts the socket's watchlist and reads the watched
+ids' state in the same step, so every transition is either in that
+initial state or numbered after it; events that reach the socket while its
+sign-in is in flight are folded into the initial state (or dropped as
+already in it), so the watcher never sees an older state after a newer
+one. A dead node's users go offline when a survivor purges it, within
+C{node_timeout}. After a fault each node reconciles its watchers with
+C{P a:<app>:u}, as it does presence lists.
 
 Hot paths:
 
@@ -74,6 +99,9 @@ Hot paths:
     list and member_added/member_removed decision). For other channels the
     outcome is returned at once and the cluster's occupied/vacated decision
     is reported to the observer (webhooks) when the script answers.
+  - C{sign_in} waits for one script (the watchlist's initial state is the
+    cluster's); a disconnect's user offline decision never holds up its
+    outcome.
 
 Node liveness: every C{period} = min(heartbeat_interval, node_timeout/4)
 a node sets its deadline to now + (node_timeout - period) (Redis server
@@ -127,8 +155,9 @@ C{cluster_health.enabled: false} is refused by the config: without
 heartbeats a dead node's members would stay forever. C{cleanup_interval_ms} is folded into the
 heartbeat period.
 
-Not supported: Redis Cluster (the scripts build key names; one Redis or a
-Sentinel-less primary only), cross-node watchlists (sign-in state is local).
+One Redis or a Sentinel-less primary; on a Redis Cluster, see
+L{sockudo_tw.adapters.redis_cluster} (the same adapter, every key under
+one hash tag, its connections routed by L{_make_link}).
 """
 
 from __future__ import annotations
@@ -215,13 +244,23 @@ def _c_field(app_id: str) -> str:
     return f"c{_US}{app_id}"
 
 
+def _u_field(app_id: str, user_id: str) -> str:
+    return f"u{_US}{app_id}{_US}{user_id}"
+
+
+def _w_field(app_id: str) -> str:
+    return f"w{_US}{app_id}"
+
+
 @attrs.frozen
 class Transition:
     """
     A cluster-wide change decided by a script.
 
     @ivar kind: C{"o"} occupied, C{"v"} vacated, C{"a"} member added,
-        C{"r"} member removed.
+        C{"r"} member removed, C{"n"} user online, C{"f"} user offline
+        (these two have an empty channel, and as C{user_info} the app's
+        watch-event sequence number, C{"0"} when nobody watches).
     """
 
     kind: str
@@ -243,6 +282,27 @@ class Transition:
             fields[3] if len(fields) > 3 else None,
             fields[4] if len(fields) > 4 else None,
         )
+
+    @property
+    def field(self) -> str | None:
+        """
+        The contribution field of a member or user transition.
+        """
+        if self.user_id is None:
+            return None
+        if self.kind in ("n", "f"):
+            return _u_field(self.app_id, self.user_id)
+        return _p_field(self.app_id, self.channel, self.user_id)
+
+    @property
+    def watch_seq(self) -> int:
+        """
+        A user transition's watch-event number (0: nobody watches).
+        """
+        try:
+            return int(self.user_info or 0)
+        except ValueError:
+            return 0
 
 
 def _transitions(raw: Iterable[Any]) -> list[Transition]:
@@ -341,19 +401,7 @@ class RedisAdapter(Service):
         self.node_id = node_id if node_id is not None else uuid.uuid4().hex
         self._node_b = self.node_id.encode()
         self._prefix = self.options.prefix
-        self.link = RedisLink(
-            clock,
-            endpoint,
-            (self._prefix + "#bus").encode(),
-            self._on_message,
-            scripts=(APPLY, JOIN, HEARTBEAT),
-            password=self.options.password,
-            username=self.options.username,
-            db=self.options.db,
-            ping_interval=self.options.ping_interval,
-            ping_timeout=self.options.ping_timeout,
-            max_delay=self.options.reconnect_max_delay,
-        )
+        self.link = self._make_link(clock, endpoint)
         self.link.observe_command_ready(self._command_ready)
         self.link.observe_state(self._link_changed)
         # This node's contribution, the truth a sync writes back to Redis.
@@ -392,8 +440,37 @@ class RedisAdapter(Service):
         # intact: after a Redis restart the others re-register only when
         # they reconnect, and held announcements wait for them.
         self._cluster_size = 1
+        # Watchlists: sockets whose sign-in the cluster has not answered
+        # yet, with the watch events that reached them meanwhile (user,
+        # online, number); and what each local watcher was told: socket id
+        # -> app, watched id -> (online, number of the event it reflects).
+        # An event numbered at or before that is stale (a slower node
+        # published it) and dropped; a reconcile after a fault corrects
+        # only what is wrong.
+        self._pending_signins: dict[str, list[tuple[str, bool, int | None]]] = {}
+        self._told: dict[str, tuple[str, dict[str, tuple[bool, int]]]] = {}
         self._beat = LoopingCall(self._heartbeat)
         self._beat.clock = clock
+
+    def _make_link(self, clock: IReactorTime, endpoint: IStreamClientEndpoint) -> RedisLink:
+        """
+        The node's Redis connections, on which every command, script and
+        PUBLISH runs (L{sockudo_tw.adapters.redis_cluster} routes them over a
+        Redis Cluster instead).
+        """
+        return RedisLink(
+            clock,
+            endpoint,
+            (self._prefix + "#bus").encode(),
+            self._on_message,
+            scripts=(APPLY, JOIN, HEARTBEAT),
+            password=self.options.password,
+            username=self.options.username,
+            db=self.options.db,
+            ping_interval=self.options.ping_interval,
+            ping_timeout=self.options.ping_timeout,
+            max_delay=self.options.reconnect_max_delay,
+        )
 
     # -- observer (shared with the local adapter) --------------------------
 
@@ -501,7 +578,7 @@ class RedisAdapter(Service):
         once the cluster has settled.
         """
         self._need_sync = True
-        self._dirty.update(f for f in fields if f.startswith("p"))
+        self._dirty.update(f for f in fields if f.startswith(("p", "u")))
         self._mark_suspect()
 
     def _mark_suspect(self) -> None:
@@ -642,6 +719,10 @@ class RedisAdapter(Service):
             origin, app, user = payload[1:].split(_USB, 2)
             if origin != self._node_b:
                 self.local.terminate_user_connections(app.decode(), user.decode())
+        elif kind == b"W":
+            origin, app, state, seq, user = payload[1:].split(_USB, 4)
+            if origin != self._node_b:
+                self._deliver_watch(app.decode(), user.decode(), state == b"n", int(seq))
         else:
             self.log.warn("Unknown cluster message {head!r}", head=payload[:40])
 
@@ -713,7 +794,151 @@ class RedisAdapter(Service):
     def sign_in(
         self, app_id: str, socket_id: str, user_id: str, watchlist: tuple[str, ...]
     ) -> Deferred[SignInOutcome[ILocalSocket]]:
-        return self.local.sign_in(app_id, socket_id, user_id, watchlist)
+        """
+        Sign in locally, then let the cluster decide whether the user came
+        online (its watchers on every node are told) and which watched ids
+        are online anywhere. Never fails for a Redis fault: this node's
+        answer stands instead.
+        """
+        registry = self.local.registry
+        if registry.user_of(socket_id) is not None:
+            return succeed(SignInOutcome(came_online=False))
+        local = registry.sign_in(app_id, socket_id, user_id, watchlist)
+        if registry.user_of(socket_id) != user_id:
+            return succeed(local)
+        watched = tuple(dict.fromkeys(watchlist))
+        entries = [(_u_field(app_id, user_id), 1, "")]
+        if watched:
+            entries.append((_w_field(app_id), 1, ""))
+        for field, delta, _ in entries:
+            self._bump(field, delta)
+        fields = [entry[0] for entry in entries]
+
+        def local_decision() -> SignInOutcome[ILocalSocket]:
+            if local.came_online:
+                self._deliver_watch(app_id, user_id, True, None, except_socket_id=socket_id)
+            states = dict.fromkeys(local.online, True)
+            return self._signed_in(socket_id, watched, states, None, local.came_online)
+
+        if not self.link.commands.up:
+            self._unsynced(fields)
+            return succeed(local_decision())
+        if watched:
+            self._pending_signins[socket_id] = []
+        syncs_before = self._syncs_sent
+        d = self.link.run_script(
+            APPLY,
+            [self._prefix, self.node_id, "i", app_id, user_id, *watched],
+            timeout=self.options.requests_timeout,
+        )
+
+        def signed(reply: list[Any]) -> SignInOutcome[ILocalSocket]:
+            if int(reply[0]) == 3:
+                self._state_lost(fields, syncs_before)
+                return local_decision()
+            transitions = _transitions(reply[1])
+            states = {uid: bool(int(flag)) for uid, flag in zip(watched, reply[2], strict=True)}
+            self._announce(transitions, to_self=True, report=False)
+            came_online = any(t.kind == "n" for t in transitions)
+            return self._signed_in(socket_id, watched, states, int(reply[3]), came_online)
+
+        def failed(f: Failure) -> SignInOutcome[ILocalSocket]:
+            self._script_failed(f, fields)
+            return local_decision()
+
+        return d.addCallback(signed).addErrback(failed)
+
+    def _signed_in(
+        self,
+        socket_id: str,
+        watched: tuple[str, ...],
+        states: dict[str, bool],
+        seq: int | None,
+        came_online: bool,
+    ) -> SignInOutcome[ILocalSocket]:
+        """
+        The sign-in's outcome: the watched ids' state as the cluster (or
+        this node) answered, updated by the watch events numbered after
+        that answer which reached the socket while it waited.
+        """
+        told = {u: (states.get(u, False), seq or 0) for u in watched}
+        for user_id, online, event_seq in self._pending_signins.pop(socket_id, ()):
+            before = told.get(user_id)
+            if before is None:
+                continue
+            if seq is None or event_seq is None:
+                told[user_id] = (online, before[1])
+            elif event_seq > before[1]:
+                told[user_id] = (online, event_seq)
+        app_id = self.local.registry.app_of(socket_id) if watched else None
+        if app_id is not None:
+            self._told[socket_id] = (app_id, told)
+        return SignInOutcome(
+            came_online,
+            tuple(u for u in watched if told[u][0]),
+            tuple(u for u in watched if not told[u][0]),
+        )
+
+    def _deliver_watch(
+        self,
+        app_id: str,
+        user_id: str,
+        online: bool,
+        seq: int | None,
+        except_socket_id: str | None = None,
+    ) -> None:
+        """
+        Tell this node's watchers of C{user_id} that it went online or
+        offline. An event numbered at or before what a watcher was last
+        told is stale (published by a slower node) and dropped for it, and
+        one that matches what it was told (a re-announcement after a
+        fault) is not repeated; C{seq} None is a decision this node made
+        alone. A watcher whose sign-in is still waiting for the cluster
+        gets it folded into its initial state instead.
+        """
+        watchers = self.local.registry.watchers(app_id, user_id)
+        if not watchers:
+            return
+        frame: bytes | None = None
+        for socket_id, socket in watchers.items():
+            if socket_id == except_socket_id:
+                continue
+            pending = self._pending_signins.get(socket_id)
+            if pending is not None:
+                pending.append((user_id, online, seq))
+                continue
+            entry = self._told.get(socket_id)
+            if entry is None:
+                # Not answered yet (a local sign-in whose app is gone).
+                continue
+            told = entry[1]
+            state, last = told.get(user_id, (not online, 0))
+            if seq is not None and seq <= last:
+                continue
+            told[user_id] = (online, last if seq is None else seq)
+            if state == online:
+                continue
+            if frame is None:
+                frame = events.watchlist_events([("online" if online else "offline", [user_id])])
+            socket.send_frame(frame)
+
+    def _publish_watch(self, app_id: str, user_id: str, online: bool, seq: int) -> None:
+        """
+        Tell the other nodes' watchers of C{user_id}.
+        """
+        try:
+            message = _USB.join(
+                [
+                    b"W" + self._node_b,
+                    app_id.encode(),
+                    b"n" if online else b"f",
+                    b"%d" % seq,
+                    user_id.encode(),
+                ]
+            )
+        except UnicodeError:
+            return
+        self.link.publish(message)
 
     def subscribe(
         self,
@@ -849,10 +1074,10 @@ class RedisAdapter(Service):
         transitions. Never fails for a Redis fault: the local decisions
         (member_removed when this node held the user's last socket) stand.
         """
-        known = self.local.has_socket(socket_id)
-        removal: SocketRemoval[ILocalSocket] = _now(self.local.remove_socket(app_id, socket_id))
-        if not known:
-            return succeed(removal)
+        found = self.local.registry.remove_socket(socket_id)
+        if found is None:
+            return succeed(SocketRemoval(app_id))
+        removal: SocketRemoval[ILocalSocket] = found
         left = [o.channel for o in removal.unsubscribed if o.removed]
         entries = self._leave_entries(app_id, socket_id, left)
         for channel in left:
@@ -861,9 +1086,21 @@ class RedisAdapter(Service):
         field = _c_field(app_id)
         self._bump(field, -1)
         entries.append((field, -1, ""))
+        if removal.user_id is not None:
+            # The watcher count first: the socket's own watchlist is no
+            # reason to publish that its user went offline.
+            signed = [(_u_field(app_id, removal.user_id), -1, "")]
+            if removal.watchlist:
+                signed.insert(0, (_w_field(app_id), -1, ""))
+            for field_name, delta, _ in signed:
+                self._bump(field_name, delta)
+            entries += signed
+        self._told.pop(socket_id, None)
         d = self._deltas(entries)
         if d is None:
+            self._offline_here(app_id, removal)
             return succeed(removal)
+        d.addCallback(self._watch_decided, app_id, removal)
         if not any(e[0].startswith("p") for e in entries):
             local = [Transition("v", app_id, o.channel) for o in removal.unsubscribed if o.vacated]
             d.addCallback(self._report, local)
@@ -887,6 +1124,33 @@ class RedisAdapter(Service):
             )
 
         return d.addCallback(decided).addErrback(_local_instead, self.log, removal)
+
+    def _watch_decided(
+        self,
+        transitions: list[Transition] | None,
+        app_id: str,
+        removal: SocketRemoval[ILocalSocket],
+    ) -> list[Transition] | None:
+        """
+        A disconnect's cluster decision is in: tell the watchers of a user
+        whose last socket anywhere left (this node's decision if the
+        cluster could not decide). Passes the transitions on.
+        """
+        if transitions is None:
+            self._offline_here(app_id, removal)
+        else:
+            self._announce(
+                [t for t in transitions if t.kind in ("n", "f")], to_self=True, report=False
+            )
+        return transitions
+
+    def _offline_here(self, app_id: str, removal: SocketRemoval[ILocalSocket]) -> None:
+        """
+        Without the cluster: tell this node's watchers that the user left
+        if this node held its last socket.
+        """
+        if removal.went_offline is not None:
+            self._deliver_watch(app_id, removal.went_offline, False, None)
 
     # -- liveness, sync and dead nodes -------------------------------------
 
@@ -965,11 +1229,7 @@ class RedisAdapter(Service):
             if status == 1:
                 # Only this node's link dropped: the other nodes already
                 # know every member but those that changed here meanwhile.
-                transitions = [
-                    t
-                    for t in transitions
-                    if t.user_id is not None and _p_field(t.app_id, t.channel, t.user_id) in dirty
-                ]
+                transitions = [t for t in transitions if t.field is not None and t.field in dirty]
             elif status == 2:
                 # The purge told every node, this one included, that its
                 # members left.
@@ -1039,10 +1299,10 @@ class RedisAdapter(Service):
         Whether a held member event still matches this node's state (the
         member may have left, or come back, while it was held).
         """
-        if t.user_id is None:
+        if t.field is None:
             return True
-        here = _p_field(t.app_id, t.channel, t.user_id) in self._counts
-        return here if t.kind == "a" else not here
+        here = t.field in self._counts
+        return here if t.kind in ("a", "n") else not here
 
     async def _reconcile(self) -> None:
         """
@@ -1101,8 +1361,57 @@ class RedisAdapter(Service):
                     "Reconciled local clients' presence lists with the cluster ({n} member events)",
                     n=sent,
                 )
+            await self._reconcile_watchlists()
         finally:
             self._reconciling = False
+
+    async def _reconcile_watchlists(self) -> None:
+        """
+        Make what this node's watchers were told match who is online in
+        the cluster: after a fault they may have missed watch events, or
+        signed in with a state decided from this node alone. Sends each
+        watcher one event with its corrections.
+        """
+        by_app: dict[str, tuple[set[str], list[str]]] = {}
+        for socket_id, (app_id, told) in self._told.items():
+            watched, sockets = by_app.setdefault(app_id, (set(), []))
+            watched.update(told)
+            sockets.append(socket_id)
+        corrected = 0
+        for app_id, (watched, sockets) in by_app.items():
+            users = sorted(watched)
+            truth: dict[str, bool] = {}
+            try:
+                for start in range(0, len(users), 1000):
+                    chunk = users[start : start + 1000]
+                    reply = await self.link.command(
+                        "HMGET",
+                        f"{self._prefix}a:{app_id}:u",
+                        *chunk,
+                        timeout=self.options.requests_timeout,
+                    )
+                    truth.update((u, v is not None) for u, v in zip(chunk, reply, strict=True))
+            except Exception:
+                # Try again at the next heartbeat.
+                self._mark_suspect()
+                self._need_sync = True
+                return
+            for socket_id in sockets:
+                entry = self._told.get(socket_id)
+                socket = self.local.registry.socket(app_id, socket_id)
+                if entry is None or socket is None:
+                    continue
+                told = entry[1]
+                came = [u for u, (state, _) in told.items() if truth.get(u) and not state]
+                went = [u for u, (state, _) in told.items() if state and not truth.get(u, True)]
+                pairs = [(name, ids) for name, ids in (("online", came), ("offline", went)) if ids]
+                if pairs:
+                    socket.send_frame(events.watchlist_events(pairs))
+                    for user_id in came + went:
+                        told[user_id] = (user_id in came, told[user_id][1])
+                    corrected += 1
+        if corrected:
+            self.log.info("Reconciled {n} local watchers' watchlists with the cluster", n=corrected)
 
     def _purge(self, node: str) -> None:
         """
@@ -1139,6 +1448,10 @@ class RedisAdapter(Service):
                 frame = events.member_added(t.channel, t.user_id, json.loads(t.user_info or "{}"))
             elif t.kind == "r" and t.user_id is not None:
                 frame = events.member_removed(t.channel, t.user_id)
+            elif t.kind in ("n", "f") and t.user_id is not None and t.watch_seq:
+                if to_self:
+                    self._deliver_watch(t.app_id, t.user_id, t.kind == "n", t.watch_seq)
+                self._publish_watch(t.app_id, t.user_id, t.kind == "n", t.watch_seq)
             if frame is not None:
                 if to_self:
                     self._deliver(t.app_id, t.channel, frame, None)
@@ -1148,18 +1461,6 @@ class RedisAdapter(Service):
                     self.observer.member_removed(t.app_id, t.channel, t.user_id)
                 elif t.kind == "v":
                     self.observer.channel_vacated(t.app_id, t.channel)
-
-
-def _now(d: Deferred[Any]) -> Any:
-    """
-    The result of an already-fired Deferred (the local adapter's).
-    """
-    box: list[Any] = []
-    d.addBoth(box.append)
-    result = box[0]
-    if isinstance(result, Failure):
-        result.raiseException()
-    return result
 
 
 def _local_instead(failure: Failure, log: Logger, local: Any) -> Any:

@@ -4,12 +4,16 @@
 --        and register the node; ARGV[4] is its liveness ttl (ms), the
 --        triples start at ARGV[5];
 --   "p": purge the node if its liveness deadline has passed;
---   "x": purge the node unconditionally (graceful stop).
+--   "x": purge the node unconditionally (graceful stop);
+--   "i": a socket signs in: ARGV[4] app, ARGV[5] user id, then the ids it
+--        watches (distinct); see below for the reply.
 -- Returns {status, transition...}; status 0 means "not purged" (mode p),
 -- 2 "this node had been purged" (mode s), 3 "this node is not registered"
 -- (mode d: nothing applied; mode s: Redis had nothing of it).
 -- A transition is {kind, app, channel[, user[, info]]}: o occupied,
--- v vacated, a member added, r member removed.
+-- v vacated, a member added, r member removed; n user online, f user
+-- offline (channel empty, info the app's watch-event sequence, '0' when
+-- nobody watches).
 local mode = ARGV[3]
 if mode == 'd' then
   if not registered() then return {3} end
@@ -35,6 +39,24 @@ elseif mode == 's' then
   for f, n in pairs(have) do
     if not want[f] then apply(f, -n, '') end
   end
+elseif mode == 'i' then
+  -- Count the socket for its user and, if it watches anyone, for the
+  -- app's watchers, then read the watched ids' state: all in one script,
+  -- so a user who goes online or offline on another node is either in
+  -- this answer or in a watch event numbered after it. Returns {1,
+  -- transitions, {1 online / 0 offline per watched id}, the app's
+  -- watch-event sequence}, or {3} (nothing applied).
+  if not registered() then return {3} end
+  local app, user = ARGV[4], ARGV[5]
+  -- The user first: its own watchlist is no reason to publish that it
+  -- came online (this answer tells the socket itself).
+  apply('u' .. '\31' .. app .. '\31' .. user, 1, '')
+  if #ARGV >= 6 then apply('w' .. '\31' .. app, 1, '') end
+  local uk = P .. 'a:' .. app .. ':u'
+  local online = {}
+  for i = 6, #ARGV do online[#online + 1] = redis.call('HEXISTS', uk, ARGV[i]) end
+  local seq = redis.call('GET', P .. 'a:' .. app .. ':wseq') or '0'
+  return {1, {unpack(out, 2)}, online, seq}
 elseif mode == 'p' or mode == 'x' then
   if mode == 'p' then
     local deadline = redis.call('ZSCORE', P .. 'nodes', node)
