@@ -635,6 +635,7 @@ class ShippedConfigTests(SynchronousTestCase):
             "cache.memory.cleanup_interval",
             "cache.memory.max_capacity",
             "cleanup",
+            "adapter.cluster.use_connection_manager",
         }
         warned = _warned(config)
         self.assertEqual(warned - {"http_api.accept_traffic"}, expected, config.warnings)
@@ -825,11 +826,41 @@ class RefusedTests(SynchronousTestCase):
 
     def test_adapter_and_queue_drivers(self) -> None:
         """
-        The NATS and Redis Cluster adapters, and the Redis Cluster queue,
-        are refused by the config itself.
+        The Redis Cluster queue is refused by the config itself; the Redis
+        Cluster adapter without seeds is refused, naming both places for
+        them, and takes Sockudo's fallback seeds; the NATS adapter loads.
         """
-        for driver in ("nats", "redis-cluster"):
-            self.assertRefused({"adapter": {"driver": driver}}, {}, "adapter.driver", driver)
+        self.assertRefused(
+            {"adapter": {"driver": "redis-cluster"}}, {}, "adapter.cluster.nodes", "database.redis"
+        )
+        config = parse_config(
+            {
+                "adapter": {"driver": "redis-cluster"},
+                "database": {"redis": {"cluster_nodes": [{"host": "10.0.0.1"}, "10.0.0.2:7001"]}},
+            },
+            {},
+        )
+        self.assertEqual(config.adapter.cluster_nodes, ("10.0.0.1:7000", "10.0.0.2:7001"))
+        env = parse_config(
+            None, {"ADAPTER_DRIVER": "redis-cluster", "REDIS_CLUSTER_NODES": "a:1,b:2"}
+        )
+        self.assertEqual(env.adapter.cluster_nodes, ("a:1", "b:2"))
+        nats = parse_config(
+            None, {"ADAPTER_DRIVER": "nats", "NATS_SERVERS": "nats://n1:4222,nats://n2:4222"}
+        )
+        self.assertEqual(nats.adapter.nats.servers, ("nats://n1:4222", "nats://n2:4222"))
+        for driver in ("redis-cluster", "nats"):
+            self.assertRefused(
+                {
+                    "adapter": {
+                        "driver": driver,
+                        "cluster": {"nodes": ["a:1"]},
+                        "cluster_health": {"enabled": False},
+                    }
+                },
+                {},
+                "cluster_health.enabled",
+            )
         self.assertRefused(
             {"queue": {"driver": "redis-cluster"}}, {}, "queue.driver", "redis-cluster"
         )
@@ -992,22 +1023,21 @@ class WarnedTests(SynchronousTestCase):
 
     def test_env_of_unimplemented_drivers(self) -> None:
         """
-        Variables of drivers sockudo-tw refuses (NATS, Redis Cluster) and of
-        Sockudo internals are named, not read (so a
-        malformed value is no error).
+        Variables of drivers sockudo-tw refuses (the Redis Cluster queue)
+        and of Sockudo internals are named, not read (so a malformed value
+        is no error).
         """
         env = {
-            "NATS_SERVERS": "nats://n:4222",
-            "NATS_REQUEST_TIMEOUT_MS": "soon",
-            "REDIS_CLUSTER_NODES": "redis://a:7000",
+            "REDIS_CLUSTER_QUEUE_CONCURRENCY": "soon",
+            "REDIS_CLUSTER_QUEUE_PREFIX": "q:",
             "CLEANUP_BATCH_SIZE": "5",
             "RUST_LOG": "debug",
         }
         config = parse_config(None, env)
         self.assertEqual(_warned(config), set(env))
         self.assertIn(
-            'NATS_SERVERS: ignored; it configures adapter.driver "nats", which sockudo-tw does'
-            " not implement (selecting it is refused)",
+            "REDIS_CLUSTER_QUEUE_PREFIX: ignored; it configures queue.driver"
+            ' "redis-cluster", which sockudo-tw does not implement (selecting it is refused)',
             config.warnings,
         )
 
@@ -1314,6 +1344,7 @@ class KeyTableTests(SynchronousTestCase):
     WARNED_VALUES: dict[str, Any] = {
         "logging.include_target": False,
         "database.redis.sentinels": ["sentinel:26379"],
+        "adapter.nats.nodes_number": 3,
         **{
             f"database.{db}.{key}": 1
             for db in ("mysql", "postgres")

@@ -52,11 +52,13 @@ class RegistryTests(SynchronousTestCase):
 
     def test_adapters(self) -> None:
         """
-        C{local} and C{redis} are built; C{nats} and C{redis-cluster} are
-        refused by the config.
+        Every adapter Sockudo has is built: C{local}, C{redis},
+        C{redis-cluster} and C{nats}.
         """
-        self.check("adapter", ADAPTER_DRIVERS, adapters.DRIVERS)
-        self.assertEqual(adapters.SUPPORTED_ADAPTER_DRIVERS, ("local", "redis"))
+        self.check("adapter", ADAPTER_DRIVERS, adapters.DRIVERS, cluster={"nodes": ["a:1"]})
+        self.assertEqual(
+            sorted(adapters.SUPPORTED_ADAPTER_DRIVERS), ["local", "nats", "redis", "redis-cluster"]
+        )
 
     def test_app_stores(self) -> None:
         """

@@ -212,7 +212,34 @@ def _redis(config: ServerConfig, reactor: Any) -> AdapterParts:
     return AdapterParts(cluster, cluster.health, observe, cluster.link)
 
 
-DRIVERS: dict[str, AdapterFactory] = {"local": _local, "redis": _redis}
+def _nats(config: ServerConfig, reactor: Any) -> AdapterParts:
+    from sockudo_tw.adapters.nats import nats_adapter_from_config
+
+    cluster = nats_adapter_from_config(config, reactor)
+
+    def observe(observer: IPusherEvents) -> None:
+        cluster.observer = observer
+
+    return AdapterParts(cluster, cluster.health, observe)
+
+
+def _redis_cluster(config: ServerConfig, reactor: Any) -> AdapterParts:
+    from sockudo_tw.adapters.redis_cluster import redis_cluster_adapter_from_config
+
+    cluster = redis_cluster_adapter_from_config(config, reactor)
+
+    def observe(observer: IPusherEvents) -> None:
+        cluster.observer = observer
+
+    return AdapterParts(cluster, cluster.health, observe, cluster.link)
+
+
+DRIVERS: dict[str, AdapterFactory] = {
+    "local": _local,
+    "redis": _redis,
+    "nats": _nats,
+    "redis-cluster": _redis_cluster,
+}
 """
 C{adapter.driver} to the factory building the adapter (and its health
 check and Redis connection) from the config and the reactor.

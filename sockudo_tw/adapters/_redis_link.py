@@ -311,6 +311,9 @@ class RedisLink(Service):
     """
 
     log = Logger()
+    # What a subclass changes for sharded pub/sub (redis_cluster).
+    publish_command = "PUBLISH"
+    subscriber_protocol: type[Any] = _SubscriberProtocol
 
     def __init__(
         self,
@@ -353,7 +356,9 @@ class RedisLink(Service):
         self._command_observers: list[Callable[[], None]] = []
         self._was_up = False
         self.commands = _Side(self, "command", _CommandProtocol, self._prepare_commands)
-        self.subscriber = _Side(self, "subscriber", _SubscriberProtocol, self._prepare_subscriber)
+        self.subscriber = _Side(
+            self, "subscriber", self.subscriber_protocol, self._prepare_subscriber
+        )
         self._pinger = LoopingCall(self._ping)
         self._pinger.clock = clock
 
@@ -566,7 +571,7 @@ class RedisLink(Service):
         protocol = self._usable()
         if protocol is not None:
             try:
-                d = protocol.execute_command("PUBLISH", self.channel, payload)
+                d = protocol.execute_command(self.publish_command, self.channel, payload)
             except Exception:
                 # txredisapi raises ConnectionError("Not connected") while
                 # the connection is being torn down.

@@ -134,6 +134,14 @@ _ENV: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("QUEUE_SQS_MESSAGE_GROUP_ID", ("queue", "sqs", "message_group_id"), "str"),
     ("QUEUE_SQS_ENDPOINT_URL", ("queue", "sqs", "endpoint_url"), "str"),
     ("HTTP_API_USAGE_ENABLED", ("http_api", "usage_enabled"), "bool"),
+    ("REDIS_CLUSTER_NODES", ("adapter", "cluster", "nodes"), "list"),
+    ("NATS_SERVERS", ("adapter", "nats", "servers"), "list"),
+    ("NATS_USERNAME", ("adapter", "nats", "username"), "str"),
+    ("NATS_PASSWORD", ("adapter", "nats", "password"), "str"),
+    ("NATS_TOKEN", ("adapter", "nats", "token"), "str"),
+    ("NATS_CONNECTION_TIMEOUT_MS", ("adapter", "nats", "connection_timeout_ms"), "int"),
+    ("NATS_REQUEST_TIMEOUT_MS", ("adapter", "nats", "request_timeout_ms"), "int"),
+    ("NATS_NODES_NUMBER", ("adapter", "nats", "nodes_number"), "int"),
     ("SOCKUDO_CONSOLE_ENABLED", ("console", "enabled"), "bool"),
     ("SOCKUDO_CONSOLE_HOST", ("console", "host"), "str"),
     ("SOCKUDO_CONSOLE_PORT", ("console", "port"), "int"),
@@ -145,20 +153,8 @@ _ENV: tuple[tuple[str, tuple[str, ...], str], ...] = (
 # when selected): set, they are ignored with a warning naming them.
 _ENV_OF_UNIMPLEMENTED: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
-        'adapter.driver "nats"',
-        (
-            "NATS_SERVERS",
-            "NATS_USERNAME",
-            "NATS_PASSWORD",
-            "NATS_TOKEN",
-            "NATS_CONNECTION_TIMEOUT_MS",
-            "NATS_REQUEST_TIMEOUT_MS",
-            "NATS_NODES_NUMBER",
-        ),
-    ),
-    (
-        'the "redis-cluster" adapter and queue drivers',
-        ("REDIS_CLUSTER_NODES", "REDIS_CLUSTER_QUEUE_CONCURRENCY", "REDIS_CLUSTER_QUEUE_PREFIX"),
+        'queue.driver "redis-cluster"',
+        ("REDIS_CLUSTER_QUEUE_CONCURRENCY", "REDIS_CLUSTER_QUEUE_PREFIX"),
     ),
 )
 

@@ -94,6 +94,14 @@ def parse_tree(
     unix_socket = parse_unix_socket(top)
     webhooks = parse_webhooks(top)
     databases = parse_database(top, app_manager.cache_ttl)
+    if adapter.driver == "redis-cluster" and not adapter.cluster_nodes:
+        # Sockudo's fallback: the seeds under database.redis.
+        adapter = attrs.evolve(adapter, cluster_nodes=databases.cluster_nodes)
+        if not adapter.cluster_nodes:
+            raise ConfigError(
+                'adapter.driver "redis-cluster": expected seed nodes in adapter.cluster.nodes'
+                " (REDIS_CLUSTER_NODES) or database.redis.cluster_nodes"
+            )
     logging = parse_logging(top)
     websocket_limits = parse_websocket_limits(top)
     http_limits = parse_http_api(top)
@@ -179,7 +187,7 @@ def parse_adapter(top: Section) -> AdapterConfig:
         nats=_parse_nats(nats),
         cluster_health=_parse_cluster_health(health),
     )
-    cluster.ignore("use_connection_manager")
+    cluster.warn_if_present("use_connection_manager")
     adapter.warn_if_present("buffer_multiplier_per_cpu")
     for s in (redis, cluster, nats, health, adapter):
         s.finish()
@@ -190,8 +198,9 @@ def parse_adapter(top: Section) -> AdapterConfig:
 
 def _parse_nats(nats: Section) -> NatsConfig:
     """
-    C{adapter.nats} (read for completeness; the driver is refused).
+    C{adapter.nats}: the NATS adapter's servers and credentials.
     """
+    nats.warn_if_present("nodes_number")
     return NatsConfig(
         servers=nats.strings("servers"),
         prefix=nats.string("prefix"),
@@ -496,6 +505,7 @@ class Databases:
     mysql: SqlDatabaseConfig
     postgres: SqlDatabaseConfig
     dynamodb: DynamoDbConfig
+    cluster_nodes: tuple[str, ...] = ()
 
 
 def parse_database(top: Section, app_cache_ttl: int = 300) -> Databases:
@@ -518,7 +528,7 @@ def parse_database(top: Section, app_cache_ttl: int = 300) -> Databases:
         dredis.warn("sentinels")
     for key in ("sentinel_password", "name"):
         dredis.warn_if_present(key)
-    dredis.ignore("cluster_nodes")
+    cluster_nodes = _cluster_nodes(dredis.raw("cluster_nodes"))
     check_redis_url(redis.url, "database.redis")
     dredis.finish()
     pooling = top.section("database_pooling")
@@ -540,7 +550,32 @@ def parse_database(top: Section, app_cache_ttl: int = 300) -> Databases:
     dynamo.finish()
     database.ignore("scylladb")
     database.finish()
-    return Databases(redis, mysql, postgres, dynamodb)
+    return Databases(redis, mysql, postgres, dynamodb, cluster_nodes)
+
+
+def _cluster_nodes(raw: object) -> tuple[str, ...]:
+    """
+    C{database.redis.cluster_nodes} (Sockudo's fallback seeds of the
+    C{redis-cluster} adapter): objects C{{host, port=7000}} (C{host} may be
+    a C{redis://} or C{rediss://} URL) or plain C{host:port} strings.
+    """
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"database.redis.cluster_nodes: expected a list, got {describe(raw)}")
+    nodes = []
+    for i, node in enumerate(raw):
+        path = f"database.redis.cluster_nodes[{i}]"
+        if isinstance(node, str) and node:
+            nodes.append(node)
+            continue
+        if not isinstance(node, Mapping) or not isinstance(node.get("host"), str):
+            raise ConfigError(f"{path}: expected {{host, port}}, got {describe(node)}")
+        host, port = node["host"], node.get("port", 7000)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ConfigError(f"{path}.port: expected a port number, got {describe(port)}")
+        nodes.append(f"{host}:{port}" if "://" not in host else f"{host.rstrip('/')}:{port}")
+    return tuple(nodes)
 
 
 def _parse_sql(sql: Section, pool_bounds: tuple[int, int], app_cache_ttl: int) -> SqlDatabaseConfig:

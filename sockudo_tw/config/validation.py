@@ -88,9 +88,9 @@ def check_cluster_health(driver: str, health: ClusterHealthConfig) -> None:
     The Redis adapter needs heartbeats, and their intervals must fit in
     the node timeout.
     """
-    if driver == "redis" and not health.enabled:
+    if driver in ("redis", "redis-cluster", "nats") and not health.enabled:
         raise ConfigError(
-            'adapter.cluster_health.enabled: false is refused with adapter.driver "redis":'
+            f"adapter.cluster_health.enabled: false is refused with adapter.driver {driver!r}:"
             " heartbeats are how a dead node's connections and presence members are removed"
         )
     if health.heartbeat_interval_ms * 3 > health.node_timeout_ms:
