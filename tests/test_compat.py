@@ -51,6 +51,7 @@ class GuardTests(SynchronousTestCase):
         self.assertTrue(compat_twisted.WRITE_BUFFERS, f"{where} (FileDescriptor buffers)")
         self.assertTrue(compat_twisted.CLIENT_SERVICE_LOG, f"{where} (ClientService._log)")
         self.assertTrue(compat_twisted.REQUEST_DISCONNECTED, f"{where} (Request._disconnected)")
+        self.assertTrue(compat_twisted.ASYNCIO_LOOP, f"{where} (asyncio reactor's loop)")
 
     def test_twisted_adbapi(self) -> None:
         """
@@ -412,3 +413,28 @@ class AdbapiQueryTests(TestCase):
         """
         self.patch(compat_adbapi, "QUIET_CONNECTIONS", False)
         await self.run_queries()
+
+
+class AsyncioLoopTests(SynchronousTestCase):
+    """
+    L{compat_twisted.asyncio_loop_of}: the loop of Twisted's asyncio
+    reactor, so the NATS client can share it; L{None} for other reactors
+    and when the guard is off (the client then runs its own loop thread).
+    """
+
+    def setUp(self) -> None:
+        import asyncio
+
+        from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+        self.loop = asyncio.new_event_loop()
+        self.addCleanup(self.loop.close)
+        self.reactor = AsyncioSelectorReactor(self.loop)
+
+    def test_guard_on(self) -> None:
+        self.assertIs(compat_twisted.asyncio_loop_of(self.reactor), self.loop)
+        self.assertIsNone(compat_twisted.asyncio_loop_of(object()))
+
+    def test_guard_off(self) -> None:
+        self.patch(compat_twisted, "ASYNCIO_LOOP", False)
+        self.assertIsNone(compat_twisted.asyncio_loop_of(self.reactor))

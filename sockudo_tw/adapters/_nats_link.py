@@ -34,6 +34,8 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from sockudo_tw.compat.twisted import asyncio_loop_of
+
 __all__ = ["NatsLink", "NatsLinkOptions", "missing_nats_py"]
 
 MessageHandler = Callable[[str, bytes], None]
@@ -119,9 +121,7 @@ class NatsLink:
         self._main: asyncio.Task[None] | None = None
         # On Twisted's asyncio reactor the client runs on the reactor's own
         # loop: no thread, no hand-over.
-        self._shared_loop: asyncio.AbstractEventLoop | None = getattr(
-            reactor, "_asyncioEventloop", None
-        )
+        self._shared_loop = asyncio_loop_of(reactor)
 
     # -- reactor side --------------------------------------------------------
 

@@ -33,6 +33,7 @@ L{sockudo_tw.compat.adbapi}, against the same range.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from twisted.application.internet import ClientService
@@ -44,12 +45,14 @@ from twisted.web.http import Request
 from sockudo_tw.compat import version_in_range
 
 __all__ = [
+    "ASYNCIO_LOOP",
     "CHECKED_ON",
     "CLIENT_SERVICE_LOG",
     "KNOWN_RANGE",
     "RECOGNISED",
     "REQUEST_DISCONNECTED",
     "WRITE_BUFFERS",
+    "asyncio_loop_of",
     "quiet_client_service",
     "request_gone",
     "write_buffer_empty",
@@ -119,6 +122,41 @@ Whether the installed Twisted is in L{KNOWN_RANGE} (asserted by the tests).
 WRITE_BUFFERS = _KNOWN and _write_buffers_known()
 CLIENT_SERVICE_LOG = _KNOWN and _client_service_log_known()
 REQUEST_DISCONNECTED = _KNOWN and _request_disconnected_known()
+
+
+def _asyncio_loop_known() -> bool:
+    """
+    Whether Twisted's asyncio reactor keeps the loop it runs on in
+    C{_asyncioEventloop} (set in its C{__init__}).
+    """
+    try:
+        from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+    except ImportError:
+        return False
+    return "_asyncioEventloop" in AsyncioSelectorReactor.__init__.__code__.co_names
+
+
+ASYNCIO_LOOP = _KNOWN and _asyncio_loop_known()
+
+
+def asyncio_loop_of(reactor: Any) -> asyncio.AbstractEventLoop | None:
+    """
+    The asyncio loop C{reactor} runs on when it is Twisted's asyncio
+    reactor (its C{_asyncioEventloop}), so an asyncio client can share it;
+    else L{None}.
+
+    When L{ASYNCIO_LOOP} is off, always L{None}: the caller then runs its
+    asyncio client on a loop thread of its own, which is correct, only
+    slower.
+    """
+    if not ASYNCIO_LOOP:
+        return None
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    if not isinstance(reactor, AsyncioSelectorReactor):
+        return None
+    loop = getattr(reactor, "_asyncioEventloop", None)
+    return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
 
 
 def write_buffer_empty(transport: Any) -> bool:
