@@ -22,7 +22,6 @@ from sockudo_tw.adapters import IAdapter, ILocalSocket
 from sockudo_tw.appstores import IAppStore
 from sockudo_tw.caches import IChannelCache
 from sockudo_tw.compat.autobahn import CLOSE_FRAME, use_reactor_for_timers
-from sockudo_tw.directwrite import write_now
 from sockudo_tw.hooks import IPusherEvents, NoPusherEvents
 from sockudo_tw.pusher.app import App
 from sockudo_tw.pusher.session import (
@@ -163,29 +162,14 @@ class PusherFactory(WebSocketServerFactory):
 
     def _uncork(self) -> None:
         """
-        Write each corked connection's frames with one C{send()} on the
-        socket its writer kept; what the socket does not take (or all of
-        it, should the socket have been dropped since) goes to
-        C{transport.write}, and the connection takes the checked path
-        again.
+        Write each corked connection's frames with one C{send()}
+        (L{CorkedWriter.write_corked}).
         """
         self._uncork_call = None
         corked, self._corked = self._corked, {}
         for protocol, frames in corked.items():
-            data = b"".join(frames)  # one frame: joined without a copy
             try:
-                socket = protocol._backpressure.socket
-                if socket is None:
-                    write_now(protocol.transport, data)
-                    continue
-                try:
-                    sent = socket.send(data)
-                except OSError:
-                    sent = 0
-                if sent != len(data):
-                    protocol._backpressure.socket = None
-                    transport: Any = protocol.transport
-                    transport.write(data[sent:])
+                protocol.write_corked(frames)
             except Exception:
                 self._log.failure("Writing to {socket_id} failed", socket_id=protocol.socket_id)
 

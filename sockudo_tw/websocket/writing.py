@@ -111,7 +111,30 @@ class CorkedWriter(QuietServerProtocol):
         """
         frames = self.factory._corked.pop(self, None)
         if frames is not None:
-            write_now(self.transport, b"".join(frames))  # one frame: joined without a copy
+            self.write_corked(frames)
+
+    def write_corked(self, frames: list[bytes]) -> None:
+        """
+        Write corked C{frames} with one C{send()} on the socket kept in
+        L{Backpressure.socket}; what the socket does not take (or all of
+        it, should the socket have been dropped since) goes to
+        C{transport.write}, and the connection takes the checked path
+        again.
+        """
+        data = b"".join(frames)  # one frame: joined without a copy
+        pressure = self._backpressure
+        socket = pressure.socket
+        if socket is None:
+            write_now(self.transport, data)
+            return
+        try:
+            sent = socket.send(data)
+        except OSError:
+            sent = 0
+        if sent != len(data):
+            pressure.socket = None
+            transport: Any = self.transport
+            transport.write(data[sent:])
 
     def _watch_buffer(self) -> None:
         """
