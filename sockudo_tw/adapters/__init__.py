@@ -175,12 +175,17 @@ class AdapterParts:
         keep its state in the adapter's Redis).
     @ivar redis: the adapter's own Redis connection, if any, for the parts
         of the node that keep cluster-wide state (held webhook leaves).
+    @ivar node_id: this node's id in the cluster (L{None} for one node).
+    @ivar forget_node: removes the state of another node known to be dead
+        at once (a worker process that exited), if the adapter can.
     """
 
     adapter: IAdapter
     health: HealthCheck
     observe: Callable[[IPusherEvents], None]
     redis: RedisCommands | None = None
+    node_id: str | None = None
+    forget_node: Callable[[str], Deferred[bool]] | None = None
 
 
 AdapterFactory = Callable[["ServerConfig", Any], AdapterParts]
@@ -201,15 +206,17 @@ def _local(config: ServerConfig, reactor: Any) -> AdapterParts:
     return AdapterParts(local, _always_healthy, observe)
 
 
-def _redis(config: ServerConfig, reactor: Any) -> AdapterParts:
+def _redis(config: ServerConfig, reactor: Any, node_id: str | None = None) -> AdapterParts:
     from sockudo_tw.adapters.redis import redis_adapter_from_config
 
-    cluster = redis_adapter_from_config(config, reactor)
+    cluster = redis_adapter_from_config(config, reactor, node_id=node_id)
 
     def observe(observer: IPusherEvents) -> None:
         cluster.observer = observer
 
-    return AdapterParts(cluster, cluster.health, observe, cluster.link)
+    return AdapterParts(
+        cluster, cluster.health, observe, cluster.link, cluster.node_id, cluster.forget_node
+    )
 
 
 def _nats(config: ServerConfig, reactor: Any) -> AdapterParts:
@@ -248,10 +255,20 @@ check and Redis connection) from the config and the reactor.
 SUPPORTED_ADAPTER_DRIVERS = tuple(DRIVERS)
 
 
-def build_adapter(config: ServerConfig, reactor: Any) -> AdapterParts:
+def build_adapter(config: ServerConfig, reactor: Any, node_id: str | None = None) -> AdapterParts:
     """
     The adapter C{adapter.driver} names, with its health check.
+
+    @param node_id: the node id a worker process was given by its
+        supervisor (only the Redis adapter joins workers; see
+        L{sockudo_tw.workers}).
     """
+    if node_id is not None:
+        if config.adapter.driver != "redis":
+            raise ValueError(
+                f"a worker's node id needs the redis adapter, not {config.adapter.driver!r}"
+            )
+        return _redis(config, reactor, node_id=node_id)
     return DRIVERS[config.adapter.driver](config, reactor)
 
 

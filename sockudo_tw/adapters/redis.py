@@ -1413,28 +1413,46 @@ class RedisAdapter(Service):
         if corrected:
             self.log.info("Reconciled {n} local watchers' watchlists with the cluster", n=corrected)
 
-    def _purge(self, node: str) -> None:
+    def _purge(self, node: str, mode: str = "p") -> Deferred[bool]:
         """
-        Clean up a node past its deadline (a no-op if another survivor
-        already did).
+        Clean up a node past its deadline (mode C{p}) or known to be dead
+        (mode C{k}); a no-op, firing C{False}, if another survivor already
+        did or the node is alive.
         """
         d = self.link.run_script(
-            APPLY, [self._prefix, node, "p"], timeout=self.options.requests_timeout
+            APPLY, [self._prefix, node, mode], timeout=self.options.requests_timeout
         )
 
-        def purged(reply: list[Any]) -> None:
+        def purged(reply: list[Any]) -> bool:
             if int(reply[0]) == 0:
-                return
+                return False
             self.purged_nodes += 1
             transitions = _transitions(reply[1:])
             self.log.warn(
-                "Cluster node {node} stopped heartbeating; removed its state ({n} cluster changes)",
+                "Cluster node {node} {why}; removed its state ({n} cluster changes)",
                 node=node,
+                why="stopped heartbeating" if mode == "p" else "is gone",
                 n=len(transitions),
             )
             self._announce(transitions, to_self=True, report=True)
+            return True
 
-        d.addCallbacks(purged, self._script_failed)
+        def failed(failure: Failure) -> bool:
+            self._script_failed(failure)
+            return False
+
+        return d.addCallbacks(purged, failed)
+
+    def forget_node(self, node: str) -> Deferred[bool]:
+        """
+        Remove the state of a node known to be dead now, without waiting
+        for its deadline: the worker supervisor calls it when a worker
+        process exits, so its clients' presence ends at once instead of
+        within C{node_timeout}. Fires whether anything was removed.
+        """
+        if node == self.node_id or not self.link.commands.up:
+            return succeed(False)
+        return self._purge(node, "k")
 
     def _announce(self, transitions: list[Transition], to_self: bool, report: bool) -> None:
         """
@@ -1542,12 +1560,18 @@ parse_redis_url = parse_url
 
 
 def redis_adapter_from_config(
-    config: ServerConfig, reactor: Any, local: LocalAdapter | None = None
+    config: ServerConfig,
+    reactor: Any,
+    local: LocalAdapter | None = None,
+    node_id: str | None = None,
 ) -> RedisAdapter:
     """
     Build the adapter for C{adapter.driver: redis}: the URL from
     C{adapter.redis.redis_pub_options.url}/C{REDIS_URL}, else
     C{database.redis}; heartbeats from C{adapter.cluster_health}.
+
+    @param node_id: this node's id (a worker's, chosen by its supervisor);
+        L{None} for a random one.
     """
     adapter_config = config.adapter
     server = parse_redis_url(adapter_config.redis_url or config.database_redis.url)
@@ -1570,4 +1594,4 @@ def redis_adapter_from_config(
         db=server.db,
     )
     endpoint: IStreamClientEndpoint = server.endpoint(reactor, timeout=5)
-    return RedisAdapter(reactor, endpoint, options, local=local)
+    return RedisAdapter(reactor, endpoint, options, local=local, node_id=node_id)

@@ -5,9 +5,11 @@
 --        triples start at ARGV[5];
 --   "p": purge the node if its liveness deadline has passed;
 --   "x": purge the node unconditionally (graceful stop);
+--   "k": purge a registered node known to be dead whatever its deadline
+--        (its supervisor saw the worker process exit);
 --   "i": a socket signs in: ARGV[4] app, ARGV[5] user id, then the ids it
 --        watches (distinct); see below for the reply.
--- Returns {status, transition...}; status 0 means "not purged" (mode p),
+-- Returns {status, transition...}; status 0 means "not purged" (modes p, k),
 -- 2 "this node had been purged" (mode s), 3 "this node is not registered"
 -- (mode d: nothing applied; mode s: Redis had nothing of it).
 -- A transition is {kind, app, channel[, user[, info]]}: o occupied,
@@ -57,10 +59,10 @@ elseif mode == 'i' then
   for i = 6, #ARGV do online[#online + 1] = redis.call('HEXISTS', uk, ARGV[i]) end
   local seq = redis.call('GET', P .. 'a:' .. app .. ':wseq') or '0'
   return {1, {unpack(out, 2)}, online, seq}
-elseif mode == 'p' or mode == 'x' then
-  if mode == 'p' then
+elseif mode == 'p' or mode == 'x' or mode == 'k' then
+  if mode ~= 'x' then
     local deadline = redis.call('ZSCORE', P .. 'nodes', node)
-    if not deadline or tonumber(deadline) >= now_ms() then return {0} end
+    if not deadline or (mode == 'p' and tonumber(deadline) >= now_ms()) then return {0} end
     redis.call('SET', P .. 'dead:' .. node, '1', 'PX', 3600000)
   end
   for f, n in pairs(current()) do apply(f, -n, '') end
