@@ -11,15 +11,101 @@ which port a listener bound (for C{tcp:0}).
 
 from __future__ import annotations
 
+import resource
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorFDSet,
+    IReadDescriptor,
+    IStreamServerEndpoint,
+)
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["ReportingEndpoint", "reporting_endpoint"]
+__all__ = ["AcceptCeiling", "ReportingEndpoint", "descriptor_ceiling", "reporting_endpoint"]
+
+
+def descriptor_ceiling(soft_limit: int | None = None) -> int | None:
+    """
+    How many client connections this process may hold: its open-file limit
+    (C{RLIMIT_NOFILE}, soft) less a reserve for everything else it opens
+    (HTTP API connections, Redis and database links, logs, handshakes in
+    flight): 1/16 of the limit, between 64 and 1,024. L{None} when
+    unlimited.
+    """
+    if soft_limit is None:
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft_limit == resource.RLIM_INFINITY or soft_limit <= 0:
+        return None
+    reserve = max(64, min(1024, soft_limit // 16))
+    return max(1, soft_limit - reserve)
+
+
+class AcceptCeiling:
+    """
+    Stops accepting connections while this process holds C{ceiling} of
+    them, and accepts again once they fall 1 % below.
+
+    Without it a process out of descriptors accepts each new connection
+    only to close it (Twisted's C{EMFILE} handling), and it could not open
+    a Redis or database connection any more. With several workers on one
+    shared socket a worker at its ceiling leaves new connections to the
+    others, so uneven sharing never drops a client. The listening ports
+    are only taken out of the reactor's read set (public
+    L{IReactorFDSet}); they stay bound, so queued connections wait.
+
+    @ivar count: the connections held now (told through L{update}).
+    @ivar paused: whether accepting is stopped.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: IReactorFDSet, ceiling: int | None) -> None:
+        self._reactor = reactor
+        self.ceiling = ceiling
+        self.resume_at = None if ceiling is None else ceiling - max(1, ceiling // 100)
+        self.count = 0
+        self.paused = False
+        self._ports: list[IReadDescriptor] = []
+
+    def watch(self, port: IListeningPort) -> IListeningPort:
+        """
+        Pause and resume this listening port with the others (a port that
+        is not a reactor read descriptor is left alone).
+        """
+        if IReadDescriptor.providedBy(port):
+            self._ports.append(port)
+            if self.paused:
+                self._reactor.removeReader(port)
+        return port
+
+    def update(self, count: int) -> None:
+        """
+        The process now holds C{count} connections.
+        """
+        self.count = count
+        if self.ceiling is None:
+            return
+        if not self.paused and count >= self.ceiling:
+            self.paused = True
+            self.log.warn(
+                "Holding {count} connections, the most this process's open-file limit allows;"
+                " not accepting new ones until some close",
+                count=count,
+            )
+            for port in self._ports:
+                self._reactor.removeReader(port)
+        elif self.paused and self.resume_at is not None and count <= self.resume_at:
+            self.paused = False
+            self.log.info("Accepting connections again ({count} held)", count=count)
+            for port in self._ports:
+                if getattr(port, "connected", True):
+                    self._reactor.addReader(port)
 
 
 @implementer(IStreamServerEndpoint)

@@ -23,6 +23,7 @@ from sockudo_tw.appstores import IAppStore
 from sockudo_tw.caches import IChannelCache
 from sockudo_tw.compat.autobahn import CLOSE_FRAME, use_reactor_for_timers
 from sockudo_tw.hooks import IPusherEvents, NoPusherEvents
+from sockudo_tw.listening import AcceptCeiling
 from sockudo_tw.pusher.app import App
 from sockudo_tw.pusher.session import (
     MAX_SUBSCRIPTIONS,
@@ -106,6 +107,8 @@ class PusherFactory(WebSocketServerFactory):
         self.observer: IPusherEvents = observer if observer is not None else NoPusherEvents()
         self.server = server
         self.protocols: set[PusherProtocol] = set()
+        # Told the number of connections held (set by the composition root).
+        self.accept_ceiling: AcceptCeiling | None = None
         limit = max_payload_kb * 1024
         self.setProtocolOptions(  # type: ignore[no-untyped-call]
             webStatus=False,
@@ -196,6 +199,8 @@ class PusherFactory(WebSocketServerFactory):
 
     def _connection_lost(self, protocol: PusherProtocol, app: App) -> None:
         self.protocols.discard(protocol)
+        if self.accept_ceiling is not None:
+            self.accept_ceiling.update(len(self.protocols))
         self.observer.connection_closed(app.id, protocol.socket_id)
         self._cleanup.append((app, protocol.socket_id))
         if self._cleanup_call is None:

@@ -172,6 +172,8 @@ class PusherProtocol(CorkedWriter):
         self.session = session
         factory.adapter.add_socket(app.id, self)
         factory.protocols.add(self)
+        if factory.accept_ceiling is not None:
+            factory.accept_ceiling.update(len(factory.protocols))
         self._apply(session, session.open())
         factory.observer.connection_opened(app.id, socket_id)
         self._schedule(session)
