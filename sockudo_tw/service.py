@@ -39,7 +39,7 @@ from sockudo_tw.caches import IChannelCache, build_cache
 from sockudo_tw.config import ConfigError, RateLimit, ServerConfig
 from sockudo_tw.console import build_console
 from sockudo_tw.hooks import IPusherEvents
-from sockudo_tw.listening import reporting_endpoint
+from sockudo_tw.listening import AcceptCeiling, descriptor_ceiling, reporting_endpoint
 from sockudo_tw.logs import StartupSummary
 from sockudo_tw.metrics import (
     GLOBAL_APP,
@@ -76,6 +76,13 @@ from sockudo_tw.webhooks import (
     WebhookService,
     WebhookSettings,
     validate_webhook_targets,
+)
+from sockudo_tw.workers import (
+    WorkerBeacon,
+    WorkerPool,
+    WorkerRole,
+    WorkersView,
+    metrics_socket,
 )
 
 if TYPE_CHECKING:
@@ -154,11 +161,14 @@ class WebSocketPart:
     @ivar close_connections: the client-closing step of the shutdown.
     @ivar connections: open, accepted connections per app id (read by
         the metrics at scrape time).
+    @ivar accept_ceiling: pauses the listeners while the process holds as
+        many connections as its open-file limit allows.
     """
 
     resource: IResource
     close_connections: CloseConnections
     connections: Callable[[], Mapping[str, int]] = dict
+    accept_ceiling: AcceptCeiling | None = None
 
 
 def _websocket_resource(
@@ -193,6 +203,7 @@ def _websocket_resource(
         messages_per_second=config.websocket_limits.messages_per_second,
         message_burst=config.websocket_limits.message_burst,
     )
+    factory.accept_ceiling = AcceptCeiling(reactor, descriptor_ceiling())
     resource: IResource = factory.websocket_resource()
     if config.rate_limiter.enabled:
         resource = _ip_limited(
@@ -206,6 +217,7 @@ def _websocket_resource(
         resource,
         factory.close_connections,
         lambda: open_connections(factory.protocols),
+        factory.accept_ceiling,
     )
 
 
@@ -688,10 +700,16 @@ def _extra_listeners(
     listen: Sequence[str],
     metrics: PusherMetrics | None,
     metrics_resource: IResource | None,
+    worker: WorkerRole | None = None,
+    pool: WorkerPool | None = None,
 ) -> list[tuple[str, str, str, IProtocolFactory]]:
     """
     The listeners beside the main ones, as (what, strports description, URL
     path, factory): the HTTP-to-HTTPS redirect and the metrics listener.
+
+    A child worker serves its metrics on its Unix socket in the group's
+    runtime directory; the parent of a pool serves every worker's, summed,
+    on the metrics port.
     """
     extra: list[tuple[str, str, str, IProtocolFactory]] = []
     if not listen and config.ssl.enabled and config.ssl.redirect_http:
@@ -699,13 +717,25 @@ def _extra_listeners(
         at = f"tcp:{config.ssl.http_port}:interface={escape_strport(config.host)}"
         extra.append(("redirect to HTTPS", at, "", redirect))
     if config.metrics.enabled:
-        served = (
-            Site(metrics_resource)
-            if metrics_resource is not None
-            else metrics_site(metrics.registry if metrics else CollectorRegistry())
-        )
-        at = f"tcp:{config.metrics.port}:interface={escape_strport(config.metrics.host)}"
-        extra.append(("Prometheus metrics", at, "/metrics", served))
+        registry = metrics.registry if metrics else CollectorRegistry()
+        served: IProtocolFactory
+        if metrics_resource is not None:
+            served = Site(metrics_resource)
+        elif pool is not None:
+            from sockudo_tw.metrics.workers import workers_metrics_site
+
+            served = workers_metrics_site(
+                registry, reactor, pool.metrics_sockets, prefix=config.metrics.prefix
+            )
+        else:
+            served = metrics_site(registry)
+        if worker is not None:
+            path = metrics_socket(worker.runtime_dir, worker.number)
+            at = f"unix:{escape_strport(path)}:mode=600"
+            extra.append(("worker metrics", at, "", served))
+        else:
+            at = f"tcp:{config.metrics.port}:interface={escape_strport(config.metrics.host)}"
+            extra.append(("Prometheus metrics", at, "/metrics", served))
     return extra
 
 
@@ -800,6 +830,36 @@ def _add_app_store(
         metrics.watch(app_store_up=lambda: store.reachable)
 
 
+def _add_beacon(
+    root: SockudoService,
+    reactor: Any,
+    websocket: WebSocketPart,
+    pool: WorkerPool | None,
+    worker: WorkerRole | None,
+) -> None:
+    """
+    Write this worker's beacon into the group's runtime directory (see
+    L{sockudo_tw.workers}); a child stops the daemon when its parent dies.
+    """
+    ceiling = websocket.accept_ceiling
+
+    def held() -> int:
+        return ceiling.count if ceiling is not None else 0
+
+    if worker is not None:
+        beacon = WorkerBeacon(
+            reactor,
+            lambda: worker.runtime_dir,
+            worker.number,
+            held,
+            parent_pid=worker.parent_pid,
+            orphaned=reactor.stop,
+        )
+    else:
+        beacon = WorkerBeacon(reactor, lambda: pool.runtime_dir if pool else None, 0, held)
+    beacon.setServiceParent(root)
+
+
 def make_service(
     config: ServerConfig,
     reactor: Any,
@@ -807,6 +867,7 @@ def make_service(
     log_observer: ILogObserver | None = None,
     metrics_resource: IResource | None = None,
     worker_args: Sequence[str] = (),
+    worker: WorkerRole | None = None,
 ) -> SockudoService:
     """
     Compose the daemon from C{config}.
@@ -820,6 +881,8 @@ def make_service(
         the daemon's own metrics (L{None}: a fresh L{PusherMetrics}).
     @param worker_args: the plugin options a worker process is started
         with when C{config.workers} > 1 (L{sockudo_tw.workers}).
+    @param worker: this process's place in a worker group when its parent
+        started it (L{WorkerRole.from_environ}).
     """
     log = Logger(namespace="sockudo_tw.service")
     warnings = list(config.warnings)
@@ -833,7 +896,7 @@ def make_service(
             CollectorRegistry(), port=config.metrics.port, prefix=config.metrics.prefix
         )
         observer = MetricsObserver(metrics)
-    adapter_parts = build_adapter(config, reactor)
+    adapter_parts = build_adapter(config, reactor, worker.node_id if worker else None)
     adapter, adapter_health = adapter_parts.adapter, adapter_parts.health
     # The debug console's hooks are identities when console.enabled is off.
     # One limiter for every rule (their keys start with the rule's
@@ -857,7 +920,13 @@ def make_service(
     if metrics is not None:
         _watch_metrics(metrics, websocket.connections, adapter, webhooks)
     lifecycle = Lifecycle()
-    health: IResource = HealthResource(app_store, adapter_health, lifecycle, reactor)
+    pool: WorkerPool | None = None
+    group: WorkersView | None = None
+    if worker is not None:
+        group = WorkersView(reactor, lambda: worker.runtime_dir, worker.count)
+    elif config.workers > 1:
+        group = WorkersView(reactor, lambda: pool.runtime_dir if pool else None, config.workers)
+    health: IResource = HealthResource(app_store, adapter_health, lifecycle, reactor, workers=group)
     api_adapter = console.watch_api(adapter)
     listening = _front(
         config, reactor, app_store, api_adapter, cache, metrics, websocket, health, limiter
@@ -881,6 +950,12 @@ def make_service(
         root.prepare_steps.append(lambda: prepare_unix_socket(path))
     for description in descriptions:
         root.add_listener(strports.service(description, listening, reactor=reactor))
+    ceiling = websocket.accept_ceiling
+    if ceiling is not None:
+        for index in range(len(root.listeners)):
+            root.listening_port(index).addCallback(ceiling.watch).addErrback(
+                lambda _: None  # a listener that failed is logged already
+            )
     if config.unix_socket.enabled and listen:
         # A worker adopts the parent's Unix socket, and Twisted's adoption
         # chmods the socket file to 0666: set the configured mode again.
@@ -889,8 +964,6 @@ def make_service(
                 _keep_unix_mode, config.unix_socket.path, config.unix_socket.permission_mode
             ).addErrback(lambda _: None)  # a listener that failed is logged already
     if config.workers > 1:
-        from sockudo_tw.workers import WorkerPool
-
         # Only these main listeners are shared (not metrics, not the redirect).
         pool = WorkerPool(
             reactor,
@@ -898,11 +971,14 @@ def make_service(
             list(root.listeners),
             worker_args,
             grace_period=config.shutdown_grace_period,
+            forget_node=adapter_parts.forget_node,
         )
         root.add_listener(pool)
+    if pool is not None or worker is not None:
+        _add_beacon(root, reactor, websocket, pool, worker)
     announced = [("Pusher WebSocket and HTTP API", d, "") for d in descriptions]
     for what, at, path, factory in [
-        *_extra_listeners(config, reactor, listen, metrics, metrics_resource),
+        *_extra_listeners(config, reactor, listen, metrics, metrics_resource, worker, pool),
         *console.listeners,
     ]:
         root.add_listener(strports.service(at, factory, reactor=reactor))

@@ -177,6 +177,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from sockudo_tw.service import make_service
+    from sockudo_tw.workers import WorkerRole
 
     config = options.server_config
     if config is None:
@@ -189,10 +190,15 @@ def makeService(options: Options) -> IService:
     )
     # What a worker process needs to rebuild the same daemon.
     worker_args = ["--config", os.path.abspath(options["config"])] if options["config"] else []
+    try:
+        worker = WorkerRole.from_environ(options.environ)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
     return make_service(
         config,
         reactor,
         listen=options["listen"],
         log_observer=observer,
         worker_args=worker_args,
+        worker=worker,
     )

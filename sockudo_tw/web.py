@@ -16,7 +16,7 @@ import io
 import json
 import re
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.defer import Deferred, TimeoutError, succeed
@@ -39,6 +39,9 @@ from sockudo_tw.appstores import AppStoreUnavailableError, IAppStore
 from sockudo_tw.compat.twisted import request_gone
 from sockudo_tw.config import CorsConfig, HttpLimits
 from sockudo_tw.usage import mount_operational
+
+if TYPE_CHECKING:
+    from sockudo_tw.workers import WorkersView
 
 __all__ = [
     "BARE_EOL",
@@ -108,13 +111,21 @@ class HealthResource(Resource):
         lifecycle: Lifecycle,
         clock: IReactorTime,
         app_id: str | None = None,
+        workers: WorkersView | None = None,
     ) -> None:
+        """
+        @param workers: the group's beacons when this is one of several
+            worker processes: C{/up} then also says how many run
+            (C{X-Workers: running/expected}) and fails once one has been
+            missing for L{sockudo_tw.workers.DOWN_GRACE}.
+        """
         super().__init__()
         self._app_store = app_store
         self._adapter_health = adapter_health
         self._lifecycle = lifecycle
         self._clock = clock
         self._app_id = app_id
+        self._workers = workers
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         """
@@ -131,6 +142,7 @@ class HealthResource(Resource):
             self._lifecycle,
             self._clock,
             path.decode("utf-8", "replace"),
+            self._workers,
         )
 
     def render_GET(self, request: Request) -> int:
@@ -186,6 +198,11 @@ class HealthResource(Resource):
         """
         if request_gone(request):
             return
+        if self._workers is not None:
+            group = self._workers.status()
+            request.setHeader(b"x-workers", f"{group.running}/{group.expected}".encode("ascii"))
+            if not group.healthy and status == "OK":
+                status = "ERROR"
         request.setResponseCode(_STATUS[status])
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"x-health-check", status.encode("ascii"))

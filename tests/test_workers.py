@@ -6,6 +6,7 @@ parent's listening sockets, restarted and stopped.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import sys
@@ -21,14 +22,24 @@ from twisted.internet import task
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IReadDescriptor, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from sockudo_tw.workers import WorkerPool, child_arguments, inherited_listen_descriptions
+from sockudo_tw.listening import AcceptCeiling, descriptor_ceiling
+from sockudo_tw.workers import (
+    DOWN_GRACE,
+    WorkerBeacon,
+    WorkerPool,
+    WorkerRole,
+    WorkersView,
+    child_arguments,
+    inherited_listen_descriptions,
+    metrics_socket,
+)
 
 
 class FakePort:
@@ -152,6 +163,7 @@ class WorkerPoolTests(SynchronousTestCase):
             FakePort(self, UNIXAddress(b"/run/s.sock")),
         ]
         listeners = [fake_listener(p) for p in ports]
+        self.forgotten: list[str] = []
         pool = WorkerPool(
             clock,
             count,
@@ -160,6 +172,8 @@ class WorkerPoolTests(SynchronousTestCase):
             environ={"REDIS_URL": "redis://127.0.0.1:6379/0"},
             grace_period=5.0,
             spawn=spawner,
+            forget_node=self.forgotten.append,
+            runtime_dir=self.mktemp(),
         )
         # As the root service does: listeners bind before the pool starts.
         for listener in listeners:
@@ -170,7 +184,7 @@ class WorkerPoolTests(SynchronousTestCase):
         """
         N-1 children start, each with the parent's listening descriptors at
         3, 4, ... and the systemd-style variables naming them; the
-        environment is passed on and metrics are off in children.
+        environment is passed on, plus the child's place in the group.
         """
         pool, spawner, _clock, ports = self.pool(count=3)
         pool.startService()
@@ -182,9 +196,67 @@ class WorkerPoolTests(SynchronousTestCase):
         env = child.kwargs["env"]
         self.assertEqual(env["LISTEN_FDS"], "2")
         self.assertEqual(env["LISTEN_FDNAMES"], "l0:l1")
-        self.assertEqual(env["METRICS_ENABLED"], "false")
         self.assertEqual(env["REDIS_URL"], "redis://127.0.0.1:6379/0")
         self.assertIn("systemd:domain=UNIX:name=l1", child.args)
+        role = WorkerRole.from_environ(env)
+        assert role is not None
+        self.assertEqual(
+            (role.number, role.count, role.runtime_dir, role.parent_pid),
+            (1, 3, pool.runtime_dir, os.getpid()),
+        )
+        self.assertEqual(role.node_id, pool.node_ids[1])
+        other = WorkerRole.from_environ(spawner.processes[1].kwargs["env"])
+        assert other is not None
+        self.assertNotEqual(other.node_id, role.node_id)
+        assert pool.runtime_dir is not None
+        self.assertEqual(
+            pool.metrics_sockets(),
+            [metrics_socket(pool.runtime_dir, 1), metrics_socket(pool.runtime_dir, 2)],
+        )
+
+    def test_role_environment(self) -> None:
+        """
+        A process without the variables is no worker; incomplete or
+        malformed ones are refused.
+        """
+        self.assertIsNone(WorkerRole.from_environ({}))
+        self.assertRaises(ValueError, WorkerRole.from_environ, {"SOCKUDO_WORKER": "1"})
+        env = {
+            "SOCKUDO_WORKER": "x",
+            "SOCKUDO_WORKER_COUNT": "2",
+            "SOCKUDO_WORKER_DIR": "/d",
+            "SOCKUDO_WORKER_NODE_ID": "n",
+            "SOCKUDO_WORKER_PARENT": "1",
+        }
+        self.assertRaises(ValueError, WorkerRole.from_environ, env)
+
+    def test_runtime_directory(self) -> None:
+        """
+        Without a given directory the pool uses systemd's
+        C{RUNTIME_DIRECTORY}, else makes a private one and removes it when
+        it stops.
+        """
+
+        def run(environ: dict[str, str]) -> str:
+            spawner = Spawner()
+            pool = WorkerPool(Clock(), 2, [], [], environ=environ, spawn=spawner)
+            pool.startService()
+            made = pool.runtime_dir
+            assert made is not None
+            self.assertTrue(os.path.isdir(made))
+            d = pool.stopService()
+            for process in spawner.processes:
+                process.exit(Failure(ProcessDone(0)))
+            self.successResultOf(d)
+            return made
+
+        given = self.mktemp()
+        os.mkdir(given)
+        self.assertEqual(run({"RUNTIME_DIRECTORY": given}), given)
+        self.assertTrue(os.path.isdir(given))
+        made = run({})
+        self.assertFalse(os.path.exists(made))
+        self.assertTrue(os.path.basename(made).startswith("sockudo-workers-"))
 
     def test_port_learnt_through_public_endpoint(self) -> None:
         """
@@ -217,10 +289,14 @@ class WorkerPoolTests(SynchronousTestCase):
         """
         pool, spawner, clock, _ = self.pool(count=2)
         pool.startService()
+        first = pool.node_ids[1]
         spawner.processes[0].exit(Failure(ProcessTerminated(signal=9)))
+        # Its clients' cluster state is removed at once, under its node id.
+        self.assertEqual(self.forgotten, [first])
         self.assertEqual(len(spawner.processes), 1)
         clock.advance(0.5)
         self.assertEqual(len(spawner.processes), 2)
+        self.assertNotEqual(pool.node_ids[1], first)
         spawner.processes[1].exit(Failure(ProcessTerminated(exitCode=1)))
         clock.advance(0.5)
         self.assertEqual(len(spawner.processes), 2)
@@ -496,3 +572,158 @@ class AdoptedUnixSocketModeTests(SynchronousTestCase):
         _keep_unix_mode(FakePort(self, IPv4Address("TCP", "127.0.0.1", 6001)), path, 0o660)
         _keep_unix_mode(FakePort(self, UNIXAddress(path.encode() + b"x")), path, 0o660)
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o666)
+
+
+class BeaconTests(SynchronousTestCase):
+    """
+    Beacons in the runtime directory, and C{/up}'s view of them.
+    """
+
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        os.mkdir(self.dir)
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.held = 0
+
+    def beacon(self, number: int, **kwargs: Any) -> WorkerBeacon:
+        return WorkerBeacon(self.clock, lambda: self.dir, number, lambda: self.held, **kwargs)
+
+    def test_group_status(self) -> None:
+        """
+        Workers with fresh beacons run and their connections add up; a
+        missing one makes the group unhealthy only after L{DOWN_GRACE}.
+        """
+        view = WorkersView(self.clock, lambda: self.dir, 3)
+        zero, one = self.beacon(0), self.beacon(1)
+        self.held = 5
+        zero.startService()
+        self.held = 7
+        one.startService()
+        status = view.status()
+        self.assertEqual((status.running, status.expected, status.connections), (2, 3, 12))
+        self.assertTrue(status.healthy)
+        self.clock.advance(DOWN_GRACE - 1)
+        self.assertTrue(view.status().healthy)
+        self.clock.advance(1)
+        self.assertFalse(view.status().healthy)
+        self.beacon(2).startService()
+        status = view.status()
+        self.assertEqual(status.running, 3)
+        self.assertTrue(status.healthy)
+
+    def test_stale_beacon(self) -> None:
+        """
+        A worker that stopped beating (crashed, or stuck) stops counting
+        after three beats and fails the group once it has been gone for
+        the grace period.
+        """
+        view = WorkersView(self.clock, lambda: self.dir, 1)
+        beacon = self.beacon(0)
+        beacon.beat()
+        self.clock.advance(6)
+        self.assertEqual(view.status().running, 1)
+        self.clock.advance(0.5)
+        self.assertEqual(view.status().running, 0)
+        self.assertTrue(view.status().healthy)
+        self.clock.advance(DOWN_GRACE)
+        self.assertFalse(view.status().healthy)
+
+    def test_clean_stop_removes_beacon(self) -> None:
+        """
+        A worker that stops takes its beacon away.
+        """
+        beacon = self.beacon(0)
+        beacon.startService()
+        self.assertEqual(os.listdir(self.dir), ["worker-0.json"])
+        beacon.stopService()
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_orphan_stops(self) -> None:
+        """
+        A child whose parent is gone (its parent pid changed) stops the
+        daemon and beats no more.
+        """
+        parents = [42]
+        stopped: list[bool] = []
+        beacon = self.beacon(
+            1, parent_pid=42, orphaned=lambda: stopped.append(True), getppid=lambda: parents[0]
+        )
+        beacon.startService()
+        self.assertEqual(stopped, [])
+        parents[0] = 1
+        self.clock.advance(2)
+        self.assertEqual(stopped, [True])
+        self.clock.advance(10)
+        self.assertEqual(stopped, [True])
+
+
+class FakeFDSet:
+    """
+    Records which descriptors are read.
+    """
+
+    def __init__(self) -> None:
+        self.readers: set[object] = set()
+
+    def addReader(self, reader: object) -> None:  # noqa: N802
+        self.readers.add(reader)
+
+    def removeReader(self, reader: object) -> None:  # noqa: N802
+        self.readers.discard(reader)
+
+
+@implementer(IReadDescriptor)
+class FakeListeningPort:
+    connected = 1
+
+
+class AcceptCeilingTests(SynchronousTestCase):
+    """
+    Pausing the listeners at the open-file limit.
+    """
+
+    def test_ceiling_from_limit(self) -> None:
+        """
+        The reserve is 1/16 of the limit, between 64 and 1,024.
+        """
+        self.assertEqual(descriptor_ceiling(20000), 20000 - 1024)
+        self.assertEqual(descriptor_ceiling(4096), 4096 - 256)
+        self.assertEqual(descriptor_ceiling(1024), 1024 - 64)
+        self.assertIsNone(descriptor_ceiling(resource.RLIM_INFINITY))
+
+    def test_pause_and_resume(self) -> None:
+        """
+        At the ceiling every watched port leaves the read set; 1 % below
+        it they are read again.
+        """
+        reactor = FakeFDSet()
+        ports = [FakeListeningPort(), FakeListeningPort()]
+        for port in ports:
+            reactor.addReader(port)
+        ceiling = AcceptCeiling(reactor, 1000)  # type: ignore[arg-type]
+        ceiling.watch(ports[0])  # type: ignore[arg-type]
+        ceiling.update(999)
+        self.assertEqual(len(reactor.readers), 2)
+        ceiling.update(1000)
+        self.assertTrue(ceiling.paused)
+        self.assertEqual(reactor.readers, {ports[1]})
+        ceiling.watch(ports[1])  # type: ignore[arg-type]
+        self.assertEqual(reactor.readers, set())
+        ceiling.update(991)
+        self.assertEqual(reactor.readers, set())
+        ceiling.update(990)
+        self.assertFalse(ceiling.paused)
+        self.assertEqual(reactor.readers, set(ports))
+
+    def test_unlimited(self) -> None:
+        """
+        Without a limit nothing is ever paused.
+        """
+        reactor = FakeFDSet()
+        ceiling = AcceptCeiling(reactor, None)  # type: ignore[arg-type]
+        port = FakeListeningPort()
+        reactor.addReader(port)
+        ceiling.watch(port)  # type: ignore[arg-type]
+        ceiling.update(10**6)
+        self.assertEqual(reactor.readers, {port})
