@@ -566,6 +566,33 @@ class DeadNodeTests(SynchronousTestCase):
             cluster.result(a.presence_members("app", "presence-x")), {"ua": {}, "uc": {"k": 1}}
         )
 
+    def test_forget_known_dead_node(self) -> None:
+        """
+        A node its supervisor saw exit is removed at once, before its
+        deadline: the survivors' clients get member_removed, the
+        occupancy is reported once, and forgetting it again (or a live
+        node's own id) does nothing.
+        """
+        cluster = Cluster(self)
+        a, c = cluster.node("A"), cluster.node("C")
+        watcher = connect(a, "1.1")
+        cluster.result(a.subscribe("app", "presence-x", "1.1", PresenceMember("ua", {}), 0))
+        connect(c, "3.1")
+        cluster.result(c.subscribe("app", "presence-x", "3.1", PresenceMember("uc", {}), 0))
+        watcher.frames.clear()
+        self.kill(cluster, c)
+        self.assertTrue(cluster.result(a.forget_node(c.node_id)))
+        cluster.flush()
+        self.assertEqual(watcher.frames, [events.member_removed("presence-x", "uc")])
+        self.assertEqual(
+            cluster.events["A"].calls, [("member_removed", "app", "presence-x", "uc")]
+        )
+        self.assertEqual(cluster.result(a.presence_members("app", "presence-x")), {"ua": {}})
+        self.assertFalse(cluster.result(a.forget_node(c.node_id)))
+        self.assertFalse(cluster.result(a.forget_node(a.node_id)))
+        cluster.advance(40)
+        self.assertEqual(a.purged_nodes, 1)
+
     def test_not_purged_while_alive(self) -> None:
         """
         Live nodes heartbeat faster than their deadline: no purge ever.

@@ -398,6 +398,9 @@ class WorkersIntegrationTests(TestCase):
                     "prefix": prefix,
                     "redis_pub_options": {"url": "redis://127.0.0.1:6379/0"},
                 },
+                # Long enough that a member leaving within seconds of a
+                # SIGKILL shows the supervisor's immediate cleanup.
+                "cluster_health": {"node_timeout_ms": 60000, "heartbeat_interval_ms": 5000},
             },
         }
         server = await ServerProcess.start(self, [app_config()], config)
@@ -427,7 +430,7 @@ class WorkersIntegrationTests(TestCase):
                     host="127.0.0.1",
                     port=server.port,
                     auth="sdk",
-                    presence=None,
+                    presence={"user_id": f"u-{client}", "user_info": {}},
                     user=None,
                     options={},
                 )
@@ -468,8 +471,95 @@ class WorkersIntegrationTests(TestCase):
             await node.wait_count(
                 match("event", client, channel="workers", event="hello"), 4, f"{client} events"
             )
+        await self.check_group(server, node, parent, child)
         await server.stop()
         await self.poll(lambda: not _alive(child), "the worker to stop with the daemon")
+
+    async def check_group(self, server: Any, node: Any, parent: int, child: int) -> None:
+        """
+        One view of both workers: presence and the HTTP API's queries are
+        exact whichever process answers, C{/up} counts the workers, and a
+        worker killed with SIGKILL has its presence member removed at once
+        (long before C{node_timeout}) and is restarted.
+        """
+        from tests.interop_harness import match
+
+        for client in ("on-child", "on-parent"):
+            node.send(
+                op="subscribe",
+                client=client,
+                channel="presence-workers",
+                bind=[],
+            )
+            await node.wait_for(
+                match(
+                    "event",
+                    client,
+                    channel="presence-workers",
+                    event="pusher:subscription_succeeded",
+                ),
+                f"{client} joined presence-workers",
+            )
+        # Several API calls land on both processes: every answer is whole.
+        for _ in range(6):
+            users = await node.call_sdk("get", {"path": "/channels/presence-workers/users"})
+            self.assertEqual(
+                sorted(u["id"] for u in users["body"]["users"]),
+                ["u-on-child", "u-on-parent"],
+                users,
+            )
+            info = await node.call_sdk(
+                "get", {"path": "/channels/workers", "params": {"info": "subscription_count"}}
+            )
+            self.assertEqual(info["body"]["subscription_count"], 2, info)
+        head = await _raw_get(server.port, "/up")
+        self.assertIn(b"\r\nx-workers: 2/2\r\n", head.lower())
+        os.kill(child, signal.SIGKILL)
+        await node.wait_for(
+            match("event", "on-parent", channel="presence-workers", event="pusher:member_removed"),
+            "the killed worker's member to leave at once",
+            within=5,
+        )
+        restarted = await self.poll(
+            lambda: [c for c in _children(parent) if c != child], "the worker to be restarted"
+        )
+        self.addCleanup(lambda: _alive(restarted[0]) and os.kill(restarted[0], signal.SIGKILL))
+        await self.poll(
+            lambda: _group_up(server.port), "/up to count both workers again", within=20
+        )
+
+
+async def _raw_get(port: int, path: str) -> bytes:
+    """
+    The whole answer (status line and headers included) to one GET.
+    """
+    from twisted.internet.threads import deferToThread
+
+    def get() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        return data
+
+    result: bytes = await deferToThread(get)
+    return result
+
+
+def _group_up(port: int) -> bool:
+    """
+    Whether C{/up} answered 200 with both workers running (blocking, short).
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(b"GET /up HTTP/1.0\r\nHost: x\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+    except OSError:
+        return False
+    return data.startswith(b"HTTP/1.0 200") and b"\r\nx-workers: 2/2\r\n" in data.lower()
 
 
 class WorkersSettingTests(SynchronousTestCase):
