@@ -494,6 +494,9 @@ class SockudoService(MultiService):
     clients with 4200, run the flush steps, run the backend-closing steps,
     then stop the remaining child services.
 
+    @ivar drain_steps: called once the listeners are closed, before the
+        clients are (the adapter stops keeping the cluster up to date
+        socket by socket).
     @ivar flush_steps: called in order after clients are closed (pending
         webhooks and other queued work).
     @ivar close_steps: called in order last (Redis connections and other
@@ -519,6 +522,7 @@ class SockudoService(MultiService):
         self.grace_period = grace_period
         self.close_connections = close_connections
         self.lifecycle = lifecycle if lifecycle is not None else Lifecycle()
+        self.drain_steps: list[Callable[[], None]] = []
         self.flush_steps: list[Step] = []
         self.close_steps: list[Step] = []
         self.listeners: list[IService] = []
@@ -608,6 +612,8 @@ class SockudoService(MultiService):
         The steps that may take time, in order.
         """
         await self._stop_listeners()
+        for begin in self.drain_steps:
+            begin()
         await self.close_connections(SHUTDOWN_CODE, SHUTDOWN_REASON)
         for step in self.flush_steps:
             await step()
@@ -941,6 +947,8 @@ def make_service(
         warnings,
     )
     _add_backends(root, webhooks, adapter, cache, limiter)
+    if adapter_parts.drain is not None:
+        root.drain_steps.append(adapter_parts.drain)
     for console_service in console.services:
         console_service.setServiceParent(root)
     _add_app_store(root, reactor, app_store, metrics)

@@ -584,9 +584,7 @@ class DeadNodeTests(SynchronousTestCase):
         self.assertTrue(cluster.result(a.forget_node(c.node_id)))
         cluster.flush()
         self.assertEqual(watcher.frames, [events.member_removed("presence-x", "uc")])
-        self.assertEqual(
-            cluster.events["A"].calls, [("member_removed", "app", "presence-x", "uc")]
-        )
+        self.assertEqual(cluster.events["A"].calls, [("member_removed", "app", "presence-x", "uc")])
         self.assertEqual(cluster.result(a.presence_members("app", "presence-x")), {"ua": {}})
         self.assertFalse(cluster.result(a.forget_node(c.node_id)))
         self.assertFalse(cluster.result(a.forget_node(a.node_id)))
@@ -604,6 +602,44 @@ class DeadNodeTests(SynchronousTestCase):
         cluster.advance(30)
         self.assertEqual(a.purged_nodes + b.purged_nodes, 0)
         self.assertEqual(cluster.result(b.presence_members("app", "presence-x")), {"u": {}})
+
+    def test_drained_sockets_leave_with_the_node(self) -> None:
+        """
+        Once the node drains, a closing socket runs no script: the other
+        nodes keep seeing its member until the node's leave, which removes
+        everything at once and reports each change exactly once.
+        """
+        cluster = Cluster(self)
+        a, b = cluster.node("A"), cluster.node("B")
+        watcher = connect(a, "1.1")
+        cluster.result(a.subscribe("app", "presence-x", "1.1", PresenceMember("ua", {}), 0))
+        connect(b, "2.1")
+        connect(b, "2.2")
+        cluster.result(b.subscribe("app", "presence-x", "2.1", PresenceMember("ub", {}), 0))
+        cluster.result(b.subscribe("app", "lonely", "2.2", None, 0))
+        watcher.frames.clear()
+        for recorded in cluster.events.values():
+            recorded.calls.clear()
+        b.drain()
+        for socket_id in ("2.1", "2.2"):
+            removal = cluster.result(b.remove_socket("app", socket_id))
+            self.assertEqual(
+                [(o.vacated, o.member_removed) for o in removal.unsubscribed], [(False, None)]
+            )
+        self.assertEqual(
+            cluster.result(a.presence_members("app", "presence-x")), {"ua": {}, "ub": {}}
+        )
+        self.assertEqual(watcher.frames, [])
+        b.stopService()
+        cluster.flush()
+        self.assertEqual(watcher.frames, [events.member_removed("presence-x", "ub")])
+        self.assertEqual(cluster.result(a.presence_members("app", "presence-x")), {"ua": {}})
+        self.assertEqual(cluster.result(a.channels("app")), {"presence-x": 1})
+        reports = cluster.events["A"].calls + cluster.events["B"].calls
+        self.assertEqual(
+            sorted(reports),
+            [("member_removed", "app", "presence-x", "ub"), ("vacated", "app", "lonely")],
+        )
 
     def test_graceful_stop_leaves_no_state(self) -> None:
         """

@@ -178,6 +178,8 @@ class AdapterParts:
     @ivar node_id: this node's id in the cluster (L{None} for one node).
     @ivar forget_node: removes the state of another node known to be dead
         at once (a worker process that exited), if the adapter can.
+    @ivar drain: told when the shutdown starts closing every client, if
+        the adapter can leave the cluster faster than socket by socket.
     """
 
     adapter: IAdapter
@@ -186,6 +188,7 @@ class AdapterParts:
     redis: RedisCommands | None = None
     node_id: str | None = None
     forget_node: Callable[[str], Deferred[bool]] | None = None
+    drain: Callable[[], None] | None = None
 
 
 AdapterFactory = Callable[["ServerConfig", Any], AdapterParts]
@@ -215,7 +218,13 @@ def _redis(config: ServerConfig, reactor: Any, node_id: str | None = None) -> Ad
         cluster.observer = observer
 
     return AdapterParts(
-        cluster, cluster.health, observe, cluster.link, cluster.node_id, cluster.forget_node
+        cluster,
+        cluster.health,
+        observe,
+        cluster.link,
+        cluster.node_id,
+        cluster.forget_node,
+        cluster.drain,
     )
 
 

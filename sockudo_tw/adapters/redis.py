@@ -436,6 +436,7 @@ class RedisAdapter(Service):
         self.reconciles = 0
         self.local_answers = 0
         self.purged_nodes = 0
+        self._draining = False
         # Registered nodes at the last heartbeat that found the registry
         # intact: after a Redis restart the others re-register only when
         # they reconnect, and held announcements wait for them.
@@ -1083,6 +1084,19 @@ class RedisAdapter(Service):
         for channel in left:
             self._forget_if_empty(app_id, channel)
         self._socket_members.pop(socket_id, None)
+        if self._draining:
+            # The node's leave removes everything it holds in one script
+            # and announces what changed; a script per closing socket
+            # would only delay the shutdown.
+            self._told.pop(socket_id, None)
+            return succeed(
+                attrs.evolve(
+                    removal,
+                    unsubscribed=tuple(
+                        _cluster_unsubscribe(o, app_id, []) for o in removal.unsubscribed
+                    ),
+                )
+            )
         field = _c_field(app_id)
         self._bump(field, -1)
         entries.append((field, -1, ""))
@@ -1442,6 +1456,15 @@ class RedisAdapter(Service):
             return False
 
         return d.addCallbacks(purged, failed)
+
+    def drain(self) -> None:
+        """
+        The daemon is shutting down and closing every client: from now on
+        a closing socket only leaves this node's memory, and the leave at
+        C{stopService} takes the node's whole contribution out of Redis at
+        once (telling the other nodes which members left).
+        """
+        self._draining = True
 
     def forget_node(self, node: str) -> Deferred[bool]:
         """

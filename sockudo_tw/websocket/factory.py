@@ -185,10 +185,13 @@ class PusherFactory(WebSocketServerFactory):
     def close_connections(self, code: int, reason: str) -> Deferred[None]:
         """
         Close every accepted connection (graceful shutdown: 4200 "Server
-        shutting down"); fires once they are all gone.
+        shutting down"); fires once they are all gone. Each gets its
+        C{pusher:error} and close frames, then its TCP connection is closed
+        behind them (the client still reads the frames first).
         """
         for protocol in list(self.protocols):
             protocol.close(code, reason)
+            protocol.hang_up()
         if not self.protocols and not self._cleanup:
             return succeed(None)
         d: Deferred[None] = Deferred()

@@ -342,3 +342,14 @@ class PusherProtocol(CorkedWriter):
             self._apply(self.session, self.session.close(code, reason))
         elif self.state == self.STATE_OPEN:
             self.sendClose(int(code), reason)
+
+    def hang_up(self) -> None:
+        """
+        Close the TCP connection once what was written has gone, without
+        waiting for the client's answering close frame: at shutdown, after
+        L{close}, so that tens of thousands of connections end in one pass
+        instead of each waiting for its client (or Autobahn's closing
+        handshake timeout).
+        """
+        if self.transport is not None and not self._gone:
+            self.transport.loseConnection()
