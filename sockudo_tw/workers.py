@@ -478,11 +478,12 @@ class WorkerPool(Service):
 
     def metrics_sockets(self) -> list[str]:
         """
-        The metrics sockets of the children running now.
+        The metrics sockets of every child, running or not (a missing one
+        shows as C{workers_reporting} below C{workers_configured}).
         """
         if self.runtime_dir is None:
             return []
-        return [metrics_socket(self.runtime_dir, worker) for worker in sorted(self.children)]
+        return [metrics_socket(self.runtime_dir, worker) for worker in range(1, self.count)]
 
     @staticmethod
     def _share(listener: IService) -> ReportingEndpoint:

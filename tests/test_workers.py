@@ -380,6 +380,7 @@ class WorkersIntegrationTests(TestCase):
             NodeDriver,
             ServerProcess,
             app_config,
+            free_port,
             http_get,
             match,
             require_node,
@@ -402,6 +403,7 @@ class WorkersIntegrationTests(TestCase):
                 # SIGKILL shows the supervisor's immediate cleanup.
                 "cluster_health": {"node_timeout_ms": 60000, "heartbeat_interval_ms": 5000},
             },
+            "metrics": {"enabled": True, "host": "127.0.0.1", "port": free_port()},
         }
         server = await ServerProcess.start(self, [app_config()], config)
         parent = server._transport.pid
@@ -471,16 +473,19 @@ class WorkersIntegrationTests(TestCase):
             await node.wait_count(
                 match("event", client, channel="workers", event="hello"), 4, f"{client} events"
             )
-        await self.check_group(server, node, parent, child)
+        await self.check_group(server, node, parent, child, config["metrics"]["port"])
         await server.stop()
         await self.poll(lambda: not _alive(child), "the worker to stop with the daemon")
 
-    async def check_group(self, server: Any, node: Any, parent: int, child: int) -> None:
+    async def check_group(
+        self, server: Any, node: Any, parent: int, child: int, metrics_port: int
+    ) -> None:
         """
         One view of both workers: presence and the HTTP API's queries are
-        exact whichever process answers, C{/up} counts the workers, and a
-        worker killed with SIGKILL has its presence member removed at once
-        (long before C{node_timeout}) and is restarted.
+        exact whichever process answers, the metrics port sums both
+        processes, C{/up} counts the workers, and a worker killed with
+        SIGKILL has its presence member removed at once (long before
+        C{node_timeout}) and is restarted.
         """
         from tests.interop_harness import match
 
@@ -512,6 +517,16 @@ class WorkersIntegrationTests(TestCase):
                 "get", {"path": "/channels/workers", "params": {"info": "subscription_count"}}
             )
             self.assertEqual(info["body"]["subscription_count"], 2, info)
+        scraped = await _raw_get(metrics_port, "/metrics")
+        samples = {
+            line.split(b" ")[0]: float(line.split(b" ")[1])
+            for line in scraped.split(b"\r\n\r\n", 1)[1].splitlines()
+            if line and not line.startswith(b"#")
+        }
+        connected = [v for k, v in samples.items() if k.startswith(b"sockudo_connected{")]
+        self.assertEqual(sum(connected), 2, scraped)
+        self.assertEqual(samples[b"sockudo_workers_reporting"], 2, scraped)
+        self.assertEqual(samples[b"sockudo_workers_configured"], 2, scraped)
         head = await _raw_get(server.port, "/up")
         self.assertIn(b"\r\nx-workers: 2/2\r\n", head.lower())
         os.kill(child, signal.SIGKILL)

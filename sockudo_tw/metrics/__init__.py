@@ -39,7 +39,9 @@ Layout (one module per concern):
     (L{MetricsObserver}, L{WebhookMetrics}, L{MeteredRateLimiter});
   - L{sockudo_tw.metrics.metering}: L{MeteredResource}, REST call counts;
   - L{sockudo_tw.metrics.listener}: the text exposition and the metrics
-    listener (L{metrics_site}, L{metrics_service}).
+    listener (L{metrics_site}, L{metrics_service});
+  - L{sockudo_tw.metrics.workers}: one view of every worker process
+    (L{merge_exposition}, L{workers_metrics_site}).
 """
 
 from sockudo_tw.metrics.collector import PusherMetrics
@@ -64,6 +66,11 @@ from sockudo_tw.metrics.listener import (
 )
 from sockudo_tw.metrics.metering import MeteredResource
 from sockudo_tw.metrics.observers import MeteredRateLimiter, MetricsObserver, WebhookMetrics
+from sockudo_tw.metrics.workers import (
+    WorkersMetricsResource,
+    merge_exposition,
+    workers_metrics_site,
+)
 
 __all__ = [
     "CONNECTION_ERROR_TYPES",
@@ -78,12 +85,15 @@ __all__ = [
     "MetricsResource",
     "PusherMetrics",
     "WebhookMetrics",
+    "WorkersMetricsResource",
     "channel_type_label",
     "channels_by_type",
     "generate_text",
+    "merge_exposition",
     "metrics_endpoint",
     "metrics_service",
     "metrics_site",
     "open_connections",
     "recipient_count_bucket",
+    "workers_metrics_site",
 ]
