@@ -20,7 +20,6 @@ import attrs
 from twisted.application.service import IService
 from twisted.copyright import version as twisted_version
 from twisted.internet import endpoints
-from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 from twisted.python.logfile import LogFile
 
@@ -28,6 +27,13 @@ from sockudo_tw.config import ConfigError, ServerConfig, check_workers, load_con
 from sockudo_tw.logs import make_log_observer, package_version
 
 __all__ = ["Options", "check_listen", "makeService"]
+
+_PARSE_ONLY: Any = object()
+"""
+The reactor given to endpoint parsers when a description is only checked:
+parsing stores it and never calls it (and importing a fake reactor from
+twisted.internet.testing would load trial and doctest into the daemon).
+"""
 
 
 def _systemd_sockets() -> str:
@@ -40,7 +46,7 @@ def _systemd_sockets() -> str:
     count = 0
     while count < 1024:
         try:
-            endpoints.serverFromString(MemoryReactor(), f"systemd:domain=INET:index={count}")
+            endpoints.serverFromString(_PARSE_ONLY, f"systemd:domain=INET:index={count}")
         except IndexError:
             break
         count += 1
@@ -78,7 +84,7 @@ def check_listen(description: str) -> None:
     @raise usage.UsageError: naming the description and the problem.
     """
     try:
-        endpoints.serverFromString(MemoryReactor(), description)
+        endpoints.serverFromString(_PARSE_ONLY, description)
     except Exception as e:  # any parser failure means twistd could not listen
         raise usage.UsageError(
             f"--listen {description!r}: {_listen_problem(description, e)}"
