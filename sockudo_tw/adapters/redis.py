@@ -596,6 +596,9 @@ class RedisAdapter(Service):
         once, unless a sync sent after the refused change is on its way.
         """
         self._unsynced(fields)
+        if self._draining:
+            # Leaving anyway: writing the state back would only be undone.
+            return
         if syncs_before is None or syncs_before == self._syncs_sent:
             self.log.warn("Redis does not know this node; writing its whole state back")
             self._sync()

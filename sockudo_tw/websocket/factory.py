@@ -190,8 +190,7 @@ class PusherFactory(WebSocketServerFactory):
         behind them (the client still reads the frames first).
         """
         for protocol in list(self.protocols):
-            protocol.close(code, reason)
-            protocol.hang_up()
+            protocol.shut_down(code, reason)
         if not self.protocols and not self._cleanup:
             return succeed(None)
         d: Deferred[None] = Deferred()

@@ -343,13 +343,19 @@ class PusherProtocol(CorkedWriter):
         elif self.state == self.STATE_OPEN:
             self.sendClose(int(code), reason)
 
-    def hang_up(self) -> None:
+    def shut_down(self, code: int, reason: str) -> None:
         """
-        Close the TCP connection once what was written has gone, without
-        waiting for the client's answering close frame: at shutdown, after
-        L{close}, so that tens of thousands of connections end in one pass
-        instead of each waiting for its client (or Autobahn's closing
-        handshake timeout).
+        L{close}, then close the TCP connection once what was written has
+        gone, without waiting for the client's answering close frame: at
+        shutdown, so that tens of thousands of connections end in one pass
+        instead of each waiting for its client.
+
+        The connection's C{closeHandshakeTimeout} protocol option is set to
+        0 first: otherwise Autobahn's timer (1 s) could fire while the
+        reactor is still writing other connections' close frames, and it
+        aborts (a reset, which can reach the client before the 4200 frame).
         """
+        self.closeHandshakeTimeout = 0
+        self.close(code, reason)
         if self.transport is not None and not self._gone:
             self.transport.loseConnection()
