@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.daemons import (  # noqa: E402
+    bench_config,
+    delete_redis_keys,
+    free_port,
+    redis_config,
+    wait_until_up,
+)
 from sockudo_tw.pusher.signing import sign_api_query  # noqa: E402
 
 APP_ID, APP_KEY, APP_SECRET = "app-id", "app-key", "app-secret"
@@ -49,22 +55,11 @@ CHANNEL = "bench-cluster"
 EVENT = "bench-event"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def node_config(port: int, prefix: str, args: argparse.Namespace) -> dict[str, Any]:
-    config: dict[str, Any] = json.loads((REPO / "bench" / "sockudo-bench.json").read_text())
-    config.pop("_comment", None)
+    config = bench_config()
     config["port"] = port
     if args.adapter == "redis":
-        config["adapter"] = {
-            "driver": "redis",
-            "redis": {"prefix": prefix, "redis_pub_options": {"url": args.redis_url}},
-        }
+        config["adapter"] = redis_config(prefix, args.redis_url)
     elif args.adapter == "redis-cluster":
         config["adapter"] = {
             "driver": "redis-cluster",
@@ -95,21 +90,8 @@ def start_nodes(
             stderr=subprocess.STDOUT,
         )
         nodes.append((port, proc))
-    deadline = time.monotonic() + 30
-    for port, proc in nodes:
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"node on {port} exited; see {workdir}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                    s.sendall(b"GET /up HTTP/1.0\r\n\r\n")
-                    if b" 200 " in s.recv(100):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"node on {port} did not come up; see {workdir}")
-            time.sleep(0.1)
+    for i, (port, proc) in enumerate(nodes):
+        wait_until_up(port, proc, 30, workdir / f"node{i}.log")
     return nodes
 
 
@@ -300,15 +282,9 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 node.kill()
         try:
-            import redis
-
-            if args.adapter != "redis":
-                raise LookupError("keys live in the cluster or NATS: nothing to delete here")
-            client = redis.Redis.from_url(args.redis_url)
-            for key in client.scan_iter(match=prefix + "*"):
-                client.delete(key)
-        except LookupError:
-            pass
+            # with redis-cluster or NATS the keys live there: nothing to delete here
+            if args.adapter == "redis":
+                delete_redis_keys(args.redis_url, prefix)
         except Exception as e:  # the benchmark result matters more than cleanup
             print(f"could not delete {prefix}* keys: {e}", file=sys.stderr)
         shutil.rmtree(workdir, ignore_errors=True)

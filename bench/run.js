@@ -15,13 +15,16 @@ const { fork } = require('child_process');
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
-const { assertLoopback, signedTrigger, wsUrl } = require('./lib/proto');
+const { assertLoopback, signedGet, signedTrigger, wsUrl } = require('./lib/proto');
 const { HttpConnection } = require('./lib/http');
 const {
   nowUs,
   sleep,
   Histogram,
   serverSnapshot,
+  serverProcesses,
+  processTree,
+  processGone,
   ServerSampler,
   findPidByPort,
   ownCpuMs,
@@ -42,10 +45,17 @@ const OPTIONS = {
   workers: [2, 'load-generator processes holding the WebSocket clients'],
   concurrency: [100, 'connection handshakes in flight, all workers together'],
   'connect-timeout': [20, 's for one connection to be subscribed'],
-  'source-ips': [1, 'spread clients over 127.0.0.1..127.0.0.N (more than ~28k connections per port need N>1)'],
+  'source-ips': [1, 'client source addresses: 1 = 127.0.0.1 with kernel-chosen ports (at most ~28k connections to one server port); N > 1 = 127.0.0.2..127.0.0.(N+1) with explicit local ports (127.0.0.1, which every other local client uses, is left alone)'],
   connections: [1000, '[connect] connections'],
   channels: [1, '[connect] spread them over this many channels (0: one channel each)'],
   hold: [3, '[connect] s to hold all connections before counting survivors'],
+  broadcast: [false, '[connect] subscribe each client to bench-all too; after the hold trigger one event to bench-all, then one to every bench-conn-* channel (100 channels per trigger), and time the deliveries'],
+  'broadcast-timeout': [120, '[connect --broadcast] s to wait for every client to receive one broadcast'],
+  verify: [false, "[connect] while holding, check the server's own counts: sockudo_connected on --metrics-port, the HTTP API's subscription_count of bench-all (with --broadcast) and its number of bench-conn- channels"],
+  'metrics-port': [0, '[connect --verify] port of the server\'s /metrics listener on --host (0: skip that check)'],
+  'verify-timeout': [30, '[connect --verify] s to wait for the counts to match'],
+  terminate: [false, '[connect] at the end SIGTERM the server, then time until every client is closed (close codes reported, 4200 expected) and until the server process has exited'],
+  'terminate-timeout': [120, '[connect --terminate] s to wait for the closes and for the exit'],
   subscribers: [1000, '[fanout] subscribers of the one channel'],
   clients: [1000, '[channels] clients, each on its own channel'],
   rate: [0, '[fanout|channels] triggers/s (0: fanout 100, channels 500)'],
@@ -165,12 +175,16 @@ class WorkerPool {
     const per = this.workers.map(() => []);
     items.forEach((it, i) => per[i % per.length].push(it));
     const c = { ...cfg, concurrency: Math.max(1, Math.ceil(cfg.concurrency / this.workers.length)) };
+    const W = this.workers.length;
+    // spare local ports (slots of the window after the assigned ones), disjoint per worker
+    const spareOf = (i) => (items.ports ? { ...items.ports, next: items.ports.used + i, step: W, end: items.ports.size - 1 } : null);
     const replies = await Promise.all(
-      this.workers.map((w, i) => this.call(w, { op: 'open', cfg: c, items: per[i] }, totalTimeoutMs)),
+      this.workers.map((w, i) => this.call(w, { op: 'open', cfg: { ...c, spare: spareOf(i) }, items: per[i] }, totalTimeoutMs)),
     );
-    const out = { ok: 0, failed: {}, established: new Histogram(), subscribed: new Histogram(), presenceMaxCount: 0, lastSubscribedUs: 0 };
+    const out = { ok: 0, failed: {}, established: new Histogram(), subscribed: new Histogram(), presenceMaxCount: 0, lastSubscribedUs: 0, portRetries: 0 };
     for (const r of replies) {
       out.ok += r.ok;
+      out.portRetries += r.portRetries || 0;
       for (const [k, v] of Object.entries(r.failed)) out.failed[k] = (out.failed[k] || 0) + v;
       out.established.merge(r.established);
       out.subscribed.merge(r.subscribed);
@@ -180,10 +194,16 @@ class WorkerPool {
     return out;
   }
 
-  async report(histogram = false) {
-    const rs = await this.all({ op: 'report', histogram });
-    const sum = { received: 0, lastReceiveUs: 0, latency: new Histogram(), memberAdded: 0, lastMemberAddedUs: 0, alive: 0, unexpectedCloses: 0, closeCodes: {}, pusherErrors: {}, cpu: [] };
+  async report(histogram = false, perClient = false) {
+    const rs = await this.all({ op: 'report', histogram, perClient });
+    const sum = { received: 0, lastReceiveUs: 0, latency: new Histogram(), memberAdded: 0, lastMemberAddedUs: 0, alive: 0, unexpectedCloses: 0, closeCodes: {}, drainCloseCodes: {}, lastCloseUs: 0, missing: 0, duplicates: 0, pusherErrors: {}, cpu: [] };
     for (const r of rs) {
+      for (const [k, v] of Object.entries(r.drainCloseCodes)) sum.drainCloseCodes[k] = (sum.drainCloseCodes[k] || 0) + v;
+      sum.lastCloseUs = Math.max(sum.lastCloseUs, r.lastCloseUs);
+      if (r.perClient) {
+        sum.missing += r.perClient.missing;
+        sum.duplicates += r.perClient.duplicates;
+      }
       sum.received += r.received;
       sum.lastReceiveUs = Math.max(sum.lastReceiveUs, r.lastReceiveUs);
       if (r.latency) sum.latency.merge(r.latency);
@@ -212,14 +232,49 @@ class WorkerPool {
 
 // ------------------------------------------------------------------ helpers
 
+/** The kernel's ephemeral port range, [lo, hi]. */
+function localPortRange() {
+  try {
+    const [lo, hi] = fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'latin1').trim().split(/\s+/).map(Number);
+    if (lo > 0 && hi >= lo) return [lo, hi];
+  } catch (e) {
+    /* not Linux */
+  }
+  return [32768, 60999];
+}
+
+/**
+ * Connection items {channels, userId, localAddress?, localPort?}. With
+ * --source-ips N > 1 client i uses 127.0.0.(2 + i % N) (not 127.0.0.1, whose
+ * ports every other local client takes from the same range) and an explicit local
+ * port from the ephemeral range (a window starting at a random offset; the
+ * worker binds it, which is far cheaper for the kernel than a bind to port 0,
+ * see lib/worker.js); `items.ports` describes the window so that the workers
+ * can take spare ports from its unassigned part.
+ */
 function connectionItems(n, channelOf, opts) {
   const ips = Math.max(1, Math.min(250, Math.floor(opts['source-ips'])));
   const items = [];
+  let ports = null;
+  if (ips > 1) {
+    const [lo, hi] = localPortRange();
+    const size = hi - lo + 1;
+    const used = Math.ceil(n / ips);
+    if (used > size) {
+      throw new Error(`${n} connections over ${ips} source addresses need ${used} local ports per address, more than the ${size} of ${lo}-${hi}: raise --source-ips`);
+    }
+    ports = { lo, size, used, offset: Math.floor(Math.random() * size) };
+  }
   for (let i = 0; i < n; i++) {
-    const it = { channel: channelOf(i), userId: `u${i}` };
-    if (ips > 1) it.localAddress = `127.0.0.${1 + (i % ips)}`;
+    const c = channelOf(i);
+    const it = { channels: Array.isArray(c) ? c : [c], userId: `u${i}` };
+    if (ports) {
+      it.localAddress = `127.0.0.${2 + (i % ips)}`;
+      it.localPort = ports.lo + ((ports.offset + Math.floor(i / ips)) % ports.size);
+    }
     items.push(it);
   }
+  items.ports = ports;
   return items;
 }
 
@@ -355,30 +410,262 @@ function loadgenBlock(parentCpuBase, parentWallUs, rep) {
 
 // ------------------------------------------------------------------ scenarios
 
+/** One plain or signed GET over a keep-alive connection: {status, json} or {error}. */
+async function getJson(conn, raw) {
+  const r = await conn.request(raw);
+  if (r.error) return { error: r.error };
+  let json = null;
+  try {
+    json = JSON.parse(r.body.toString());
+  } catch (e) {
+    /* not JSON */
+  }
+  return { status: r.status, json, text: r.body.toString() };
+}
+
+/** Sum of every `name` series (any labels) in a Prometheus text exposition. */
+function promSum(text, name) {
+  let sum = 0;
+  let found = false;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(name)) continue;
+    const rest = line.slice(name.length);
+    if (rest[0] !== '{' && rest[0] !== ' ') continue;
+    const v = Number(line.slice(line.lastIndexOf(' ') + 1));
+    if (Number.isFinite(v)) {
+      sum += v;
+      found = true;
+    }
+  }
+  return found ? sum : null;
+}
+
+/**
+ * While the connections are held: ask the server what it counts and compare
+ * with what the tool holds. Retried every 0.5 s until all match or
+ * --verify-timeout passes (cluster counts can lag a little); returns every
+ * check with what was expected and what was last seen.
+ */
+async function verifyCounts(opts, want) {
+  const app = { id: opts['app-id'], key: opts['app-key'], secret: opts['app-secret'] };
+  const hostHeader = `${opts.host}:${opts.port}`;
+  const api = new HttpConnection(opts.host, opts.port);
+  const metrics = opts['metrics-port'] ? new HttpConnection(opts.host, opts['metrics-port']) : null;
+  const t0 = nowUs();
+  const until = t0 + opts['verify-timeout'] * 1e6;
+  let checks = [];
+  let attempts = 0;
+  try {
+    for (;;) {
+      attempts++;
+      checks = [];
+      if (metrics) {
+        const r = await metrics.request(Buffer.from(`GET /metrics HTTP/1.1\r\nHost: ${opts.host}:${opts['metrics-port']}\r\n\r\n`, 'latin1'));
+        const got = r.error ? r.error : r.status === 200 ? promSum(r.body.toString(), 'sockudo_connected') : `HTTP ${r.status}`;
+        checks.push({ name: 'metrics sockudo_connected (sum of all series)', expected: want.connected, got });
+      }
+      if (want.allChannel) {
+        const path = `/apps/${app.id}/channels/${want.allChannel}`;
+        const r = await getJson(api, signedGet(app, hostHeader, path, { info: 'subscription_count' }));
+        const got = r.error || (r.json && r.status === 200 ? r.json.subscription_count : `HTTP ${r.status} ${String(r.text).slice(0, 100)}`);
+        checks.push({ name: `API ${want.allChannel} subscription_count`, expected: want.connected, got });
+      }
+      {
+        const path = `/apps/${app.id}/channels`;
+        const r = await getJson(api, signedGet(app, hostHeader, path, { filter_by_prefix: want.channelPrefix }));
+        const got = r.error || (r.json && r.status === 200 ? Object.keys(r.json.channels || {}).length : `HTTP ${r.status} ${String(r.text).slice(0, 100)}`);
+        checks.push({ name: `API channels with prefix ${want.channelPrefix}`, expected: want.channels, got });
+      }
+      for (const c of checks) c.ok = c.got === c.expected;
+      if (checks.every((c) => c.ok) || nowUs() >= until || attempts >= 1000) break;
+      await sleep(500);
+    }
+  } finally {
+    api.close();
+    if (metrics) metrics.close();
+  }
+  return { ok: checks.every((c) => c.ok), attempts, elapsed_s: r3((nowUs() - t0) / 1e6), checks };
+}
+
+/**
+ * Per-process view of the server: RSS, PSS and sockets of each process, and
+ * how evenly the client connections spread (sockets held now minus those
+ * held before connecting, per pid).
+ */
+function spreadOf(before, now) {
+  if (!now) return null;
+  const base = new Map(((before && before.processes) || []).map((p) => [p.pid, p.sockets || 0]));
+  const conns = now.processes.map((p) => Math.max(0, (p.sockets || 0) - (base.get(p.pid) || 0)));
+  return {
+    processes: now.processes.map((p, i) => ({ ...p, connections: conns[i] })),
+    rss_kb: now.rss_kb,
+    pss_kb: now.pss_kb,
+    sockets: now.sockets,
+    connections_min: Math.min(...conns),
+    connections_max: Math.max(...conns),
+    connections_each: conns,
+  };
+}
+
+/** Split `list` into chunks of at most `size`. */
+function chunks(list, size) {
+  const out = [];
+  for (let i = 0; i < list.length; i += size) out.push(list.slice(i, i + size));
+  return out;
+}
+
+/**
+ * One broadcast phase: reset the clients' counters, send one trigger per
+ * entry of `batches` (an array of channel lists; a trigger with one channel
+ * uses `channel`, more use `channels`), at most 8 requests in flight, each
+ * event carrying its send time, then wait (at most --broadcast-timeout) until
+ * every held client has received one event. Time to delivery is measured per
+ * delivery from its trigger's send time.
+ */
+async function broadcastPhase(opts, pool, pid, label, batches) {
+  const resets = await pool.all({ op: 'reset' });
+  const expected = resets.reduce((a, r) => a + r.alive, 0);
+  const app = { id: opts['app-id'], key: opts['app-key'], secret: opts['app-secret'] };
+  const hostHeader = `${opts.host}:${opts.port}`;
+  const conns = [];
+  for (let i = 0; i < Math.min(8, batches.length); i++) conns.push(new HttpConnection(opts.host, opts.port, 30000));
+  const statuses = {};
+  const errorsSample = [];
+  let failed = 0;
+  const s0 = serverSnapshot(pid);
+  const t0 = nowUs();
+  let next = 0;
+  await Promise.all(
+    conns.map(async (conn) => {
+      while (next < batches.length) {
+        const seq = next++;
+        const channels = batches[seq];
+        const event = { name: 'bench-event', data: pad(seq, nowUs(), opts.payload) };
+        if (channels.length === 1) event.channel = channels[0];
+        else event.channels = channels;
+        const r = await conn.request(signedTrigger(app, hostHeader, event));
+        const key = r.error ? r.error : String(r.status);
+        statuses[key] = (statuses[key] || 0) + 1;
+        if (r.error || r.status < 200 || r.status >= 300) {
+          failed++;
+          if (errorsSample.length < 3) errorsSample.push(r.error || `${r.status} ${r.body.toString().slice(0, 200)}`);
+        }
+      }
+    }),
+  );
+  const sentS = (nowUs() - t0) / 1e6;
+  for (const c of conns) c.close();
+  await waitFor(pool, (r) => r.received >= expected, failed ? 1 : opts['broadcast-timeout'], 100);
+  const rep = await pool.report(true, true);
+  const s1 = serverSnapshot(pid);
+  const lat = rep.latency.summaryMs();
+  const lost = Math.max(0, expected - rep.received);
+  const result = {
+    channels: batches.reduce((a, b) => a + b.length, 0),
+    triggers: batches.length,
+    failed_triggers: failed,
+    statuses,
+    errors_sample: errorsSample,
+    triggers_sent_s: r3(sentS),
+    expected,
+    received: rep.received,
+    lost,
+    clients_missing: rep.missing,
+    duplicates: rep.duplicates,
+    latency_ms: lat,
+    time_to_last_delivery_ms: rep.lastReceiveUs ? r3((rep.lastReceiveUs - t0) / 1000) : null,
+    server_cpu_ms: s0 && s1 ? r3(s1.cpuMs - s0.cpuMs) : null,
+    loadgen_cpu_ms: r3(rep.cpu.reduce((a, c) => a + (c.cpu_ms || 0), 0)),
+  };
+  result.errors = failed + lost + rep.duplicates;
+  result.line = `${label}: ${result.channels} channel(s) in ${batches.length} trigger(s), ${rep.received}/${expected} delivered (${lost} lost), time to delivery p50/p99/max ${lat.p50}/${lat.p99}/${lat.max} ms`;
+  return result;
+}
+
+/**
+ * SIGTERM the server, then wait (at most --terminate-timeout) until every
+ * client was closed and until the server process (and its workers) exited.
+ */
+async function terminatePhase(opts, pool, pid) {
+  if (!pid) return { errors: 1, line: 'terminate: no server pid', error: 'no server pid' };
+  await pool.all({ op: 'expect-close' });
+  const tree = processTree(pid);
+  const t0 = nowUs();
+  const until = t0 + opts['terminate-timeout'] * 1e6;
+  try {
+    process.kill(pid, 'SIGTERM');
+  } catch (e) {
+    return { errors: 1, line: `terminate: cannot signal ${pid}: ${e.message}`, error: String(e) };
+  }
+  let rep = await pool.report();
+  let serverExitUs = 0;
+  let treeExitUs = 0;
+  while (nowUs() < until && (rep.alive > 0 || !treeExitUs)) {
+    await sleep(50);
+    if (!serverExitUs && processGone(pid)) serverExitUs = nowUs();
+    if (!treeExitUs && tree.every(processGone)) treeExitUs = nowUs();
+    if (rep.alive > 0) rep = await pool.report();
+  }
+  rep = await pool.report();
+  const codes = rep.drainCloseCodes;
+  const not4200 = Object.entries(codes).reduce((a, [k, v]) => a + (k === '4200' ? 0 : v), 0);
+  const ms = (us) => (us ? r3((us - t0) / 1000) : null);
+  const result = {
+    signalled_pid: pid,
+    processes: tree.length,
+    closed: Object.values(codes).reduce((a, b) => a + b, 0),
+    still_open: rep.alive,
+    close_codes: codes,
+    all_closed_ms: rep.alive === 0 ? ms(rep.lastCloseUs || t0) : null,
+    server_exit_ms: ms(serverExitUs),
+    all_processes_exit_ms: ms(treeExitUs),
+  };
+  result.errors = rep.alive + not4200 + (serverExitUs ? 0 : 1) + (treeExitUs ? 0 : 1);
+  const codeText = Object.entries(codes).map(([k, v]) => `${k}x${v}`).join(' ') || 'none';
+  result.line = `terminate: ${result.closed} closed (codes ${codeText}, ${rep.alive} still open) in ${result.all_closed_ms} ms, server exited after ${result.server_exit_ms} ms, all ${tree.length} processes after ${result.all_processes_exit_ms} ms`;
+  return result;
+}
+
 async function scenarioConnect(opts, pid) {
   const n = Math.floor(opts.connections);
   const k = Math.floor(opts.channels);
-  const channelOf = k === 0 ? (i) => `bench-conn-${i}` : (i) => (k === 1 ? 'bench-conn' : `bench-conn-${i % k}`);
+  const bc = opts.broadcast;
+  const channelCount = k === 0 ? n : Math.min(k, n);
+  let channelOf;
+  if (bc) channelOf = (i) => ['bench-all', `bench-conn-${k === 0 ? i : i % k}`];
+  else channelOf = k === 0 ? (i) => `bench-conn-${i}` : (i) => (k === 1 ? 'bench-conn' : `bench-conn-${i % k}`);
+  const items = connectionItems(n, channelOf, opts);
   const pool = await new WorkerPool(opts.workers).start();
   try {
     await pool.all({ op: 'reset' });
     const cpu0 = process.cpuUsage();
     const wall0 = nowUs();
+    const p0 = serverProcesses(pid);
     const s0 = serverSnapshot(pid);
     const sampler = new ServerSampler(pid).start();
     const t0 = nowUs();
-    const opened = await pool.open(connectionItems(n, channelOf, opts), wsCfg(opts), (opts['connect-timeout'] + 5) * 1000 + (n / Math.max(1, opts.concurrency)) * opts['connect-timeout'] * 1000);
+    const opened = await pool.open(items, wsCfg(opts), (opts['connect-timeout'] + 5) * 1000 + (n / Math.max(1, opts.concurrency)) * opts['connect-timeout'] * 1000);
     const elapsedS = (nowUs() - t0) / 1e6;
     const s1 = serverSnapshot(pid);
-    await sleep(opts.hold * 1000);
+    const holdStart = nowUs();
+    let verify = null;
+    if (opts.verify) {
+      const prefixed = bc || k !== 1 ? channelCount : 0;
+      verify = await verifyCounts(opts, { connected: opened.ok, allChannel: bc ? 'bench-all' : null, channelPrefix: 'bench-conn-', channels: prefixed });
+    }
+    const rest = opts.hold * 1000 - (nowUs() - holdStart) / 1000;
+    if (rest > 0) await sleep(rest);
     const rep = await pool.report(false);
     sampler.stop();
     const s2 = serverSnapshot(pid);
+    const spread = spreadOf(p0, serverProcesses(pid));
     const failedCount = Object.values(opened.failed).reduce((a, b) => a + b, 0);
     const srv = serverDelta(s0, s1);
     if (srv) {
       srv.rss_held_kb = s2 ? s2.rssKb : null;
       srv.rss_per_connection_kb = opened.ok ? r3(((s2 ? s2.rssKb : s1.rssKb) - s0.rssKb) / opened.ok) : null;
+      srv.rss_total_per_connection_kb = opened.ok && s2 ? r3(s2.rssKb / opened.ok) : null;
+      srv.pss_held_kb = spread ? spread.pss_kb : null;
       srv.cpu_ms_per_connection = opened.ok ? r3((s1.cpuMs - s0.cpuMs) / opened.ok) : null;
       srv.peak_rss_kb = sampler.peakRssKb;
       srv.peak_cpu_pct = r3(sampler.peakCpuPct);
@@ -389,6 +676,7 @@ async function scenarioConnect(opts, pid) {
         subscribed: opened.ok,
         failed: failedCount,
         failures: opened.failed,
+        local_port_retries: opened.portRetries,
         elapsed_s: r3(elapsedS),
         rate_per_s: r3(opened.ok / Math.max(1e-6, elapsedS)),
         established_ms: opened.established.summaryMs(),
@@ -398,11 +686,34 @@ async function scenarioConnect(opts, pid) {
         close_codes: rep.closeCodes,
       },
       server: srv,
-      loadgen: loadgenBlock(cpu0, wall0, rep),
+      server_processes: spread,
+      verify,
     };
-    result.errors = failedCount + (opened.ok - rep.alive);
+    result.errors = failedCount + (opened.ok - rep.alive) + (verify && !verify.ok ? 1 : 0);
+    const lines = [];
+    if (bc) {
+      const all = await broadcastPhase(opts, pool, pid, 'broadcast bench-all', [['bench-all']]);
+      const names = [];
+      for (let j = 0; j < channelCount; j++) names.push(`bench-conn-${j}`);
+      const per = await broadcastPhase(opts, pool, pid, `broadcast ${channelCount} channels`, chunks(names, 100));
+      result.broadcast = { all, channels: per };
+      result.errors += all.errors + per.errors;
+      lines.push(all.line, per.line);
+    }
+    const end = await pool.report(false);
+    result.connections.unexpected_closes = end.unexpectedCloses;
+    result.connections.close_codes = end.closeCodes;
+    result.errors += end.unexpectedCloses - rep.unexpectedCloses;
+    if (opts.terminate) {
+      result.terminate = await terminatePhase(opts, pool, pid);
+      result.errors += result.terminate.errors;
+      lines.push(result.terminate.line);
+    }
+    result.loadgen = loadgenBlock(cpu0, wall0, await pool.report(false));
     const perConn = srv ? `, server RSS ${r3(srv.rss_per_connection_kb)} kB/conn, CPU ${srv.cpu_ms_per_connection} ms/conn` : '';
-    result.line = `connect: ${opened.ok}/${n} subscribed in ${r3(elapsedS)} s (${result.connections.rate_per_s}/s, ${failedCount} failed), ${rep.alive} alive after ${opts.hold} s, subscribed p50/p99 ${result.connections.subscribed_ms.p50}/${result.connections.subscribed_ms.p99} ms${perConn}`;
+    const spreadText = spread && spread.processes.length > 1 ? `, spread over ${spread.processes.length} processes ${spread.connections_min}..${spread.connections_max}` : '';
+    const verifyText = verify ? `, server counts ${verify.ok ? 'match' : 'DO NOT MATCH'}` : '';
+    result.line = [`connect: ${opened.ok}/${n} subscribed in ${r3(elapsedS)} s (${result.connections.rate_per_s}/s, ${failedCount} failed), ${rep.alive} alive after ${opts.hold} s, subscribed p50/p99 ${result.connections.subscribed_ms.p50}/${result.connections.subscribed_ms.p99} ms${perConn}${spreadText}${verifyText}`, ...lines].join('\n  ');
     return result;
   } finally {
     await pool.stop();

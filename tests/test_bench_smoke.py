@@ -198,3 +198,58 @@ class BenchSmokeTests(SynchronousTestCase):
         self.assertEqual(presence["joined"], 10, report)
         self.assertEqual(presence["member_added_received"], 45, report)
         self.assertEqual(run.returncode, 0, report)
+
+    def test_connect_broadcast_verify_terminate(self) -> None:
+        """
+        The connect scenario with C{--broadcast --verify --terminate} over
+        two source addresses (explicit local ports) exits 0: every client
+        receives the bench-all event and its channel's event once, the HTTP
+        API counts what the tool holds, and SIGTERM closes every client with
+        4200 before the daemon exits.
+        """
+        out = self.workdir / "connect.json"
+        argv = [
+            "node",
+            str(BENCH_DIR / "run.js"),
+            "--scenario=connect",
+            f"--port={self.port}",
+            f"--server-pid={self.server.pid}",
+            "--workers=2",
+            "--concurrency=20",
+            "--connections=200",
+            "--channels=10",
+            "--source-ips=2",
+            "--hold=0.5",
+            "--broadcast",
+            "--verify",
+            "--terminate",
+            "--terminate-timeout=30",
+            f"--max-time={int(BENCH_TIMEOUT) - 10}",
+            f"--out={out}",
+        ]
+        run = subprocess.run(
+            argv,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=BENCH_TIMEOUT,
+            check=False,
+        )
+        report = f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}\nserver:\n{self._log_tail()}"
+        self.assertTrue(out.exists(), f"no JSON results written\n{report}")
+        connect: dict[str, Any] = json.loads(out.read_text("utf-8"))["results"]["connect"]
+        self.assertEqual(connect["connections"]["subscribed"], 200, report)
+        for phase, channels in (("all", 1), ("channels", 10)):
+            delivery = connect["broadcast"][phase]
+            self.assertEqual(delivery["channels"], channels, report)
+            self.assertEqual(
+                (delivery["received"], delivery["lost"], delivery["duplicates"]),
+                (200, 0, 0),
+                report,
+            )
+        self.assertTrue(connect["verify"]["ok"], report)
+        terminate = connect["terminate"]
+        self.assertEqual(terminate["close_codes"], {"4200": 200}, report)
+        self.assertIsNotNone(terminate["server_exit_ms"], report)
+        self.assertEqual(connect["errors"], 0, report)
+        self.assertEqual(run.returncode, 0, report)

@@ -52,10 +52,28 @@ function signedTrigger(app, hostHeader, event) {
   return Buffer.concat([Buffer.from(head, 'latin1'), body]);
 }
 
+/**
+ * Bytes of one signed `GET path?params` request (auth_version 1.0): the
+ * string to sign is `GET\n<path>\n<sorted query>`, values not escaped.
+ */
+function signedGet(app, hostHeader, path, params = {}) {
+  const ts = Math.floor(Date.now() / 1000);
+  const all = { ...params, auth_key: app.key, auth_timestamp: String(ts), auth_version: '1.0' };
+  const keys = Object.keys(all).sort();
+  const canonical = keys.map((k) => `${k}=${all[k]}`).join('&');
+  const sig = hmacHex(app.secret, `GET\n${path}\n${canonical}`);
+  const query = keys.map((k) => `${k}=${encodeURIComponent(all[k])}`).join('&');
+  const head =
+    `GET ${path}?${query}&auth_signature=${sig} HTTP/1.1\r\n` +
+    `Host: ${hostHeader}\r\n` +
+    'Connection: keep-alive\r\n\r\n';
+  return Buffer.from(head, 'latin1');
+}
+
 /** WebSocket URL of an app (protocol 7, what pusher-js sends). */
 function wsUrl(host, port, key) {
   const h = host.includes(':') ? `[${host}]` : host;
   return `ws://${h}:${port}/app/${key}?protocol=7&client=sockudo-bench&version=1.0.0`;
 }
 
-module.exports = { assertLoopback, hmacHex, presenceAuth, privateAuth, signedTrigger, wsUrl };
+module.exports = { assertLoopback, hmacHex, presenceAuth, privateAuth, signedGet, signedTrigger, wsUrl };

@@ -157,6 +157,64 @@ function serverSnapshot(pid) {
   return { t: nowUs(), cpuMs: (cpuTicks * 1000) / CLK_TCK, rssKb: rss, hwmKb: hwm };
 }
 
+/** Proportional set size kB of a process (smaps_rollup), or null if unreadable. */
+function readPssKb(pid) {
+  try {
+    const m = /^Pss:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'latin1'));
+    return m ? Number(m[1]) : null;
+  } catch (e) {
+    return null;
+  }
+}
+
+/** Number of socket descriptors a process holds (bounded by its fd table). */
+function countSockets(pid) {
+  let fds = [];
+  try {
+    fds = fs.readdirSync(`/proc/${pid}/fd`);
+  } catch (e) {
+    return null;
+  }
+  let n = 0;
+  for (const fd of fds) {
+    try {
+      if (fs.readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith('socket:')) n++;
+    } catch (e) {
+      /* closed meanwhile */
+    }
+  }
+  return n;
+}
+
+/**
+ * Every process of the server's tree with its RSS, PSS (shared pages split
+ * between the processes sharing them, so the sum does not count a forked
+ * worker's shared pages twice) and socket descriptors (about one per client
+ * connection), plus the sums. Null when there is no such process.
+ */
+function serverProcesses(pid) {
+  if (!pid) return null;
+  const procs = [];
+  for (const p of processTree(pid)) {
+    const mem = readMemKb(p);
+    if (!mem) continue;
+    procs.push({ pid: p, rss_kb: mem.rss, pss_kb: readPssKb(p), sockets: countSockets(p) });
+  }
+  if (!procs.length) return null;
+  const sum = (k) => procs.reduce((s, q) => s + (q[k] || 0), 0);
+  return { processes: procs, rss_kb: sum('rss_kb'), pss_kb: sum('pss_kb'), sockets: sum('sockets') };
+}
+
+/** Whether a process has exited (gone, or a zombie nobody has reaped yet). */
+function processGone(pid) {
+  try {
+    const s = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return s.slice(s.lastIndexOf(')') + 2, s.lastIndexOf(')') + 3) === 'Z';
+  } catch (e) {
+    return true;
+  }
+}
+
 /** Samples the server every `everyMs` to find its peak CPU % and RSS. */
 class ServerSampler {
   constructor(pid, everyMs = 500) {
@@ -263,4 +321,15 @@ function ownCpuMs(since) {
   return (d.user + d.system) / 1000;
 }
 
-module.exports = { nowUs, sleep, Histogram, serverSnapshot, ServerSampler, findPidByPort, ownCpuMs };
+module.exports = {
+  nowUs,
+  sleep,
+  Histogram,
+  serverSnapshot,
+  serverProcesses,
+  processTree,
+  processGone,
+  ServerSampler,
+  findPidByPort,
+  ownCpuMs,
+};

@@ -22,6 +22,10 @@ let memberAdded = 0;
 let lastMemberAddedUs = 0;
 let unexpectedCloses = 0;
 const closeCodes = {};
+// After 'expect-close' (the server is being stopped) closes are counted here.
+let draining = false;
+const drainCloseCodes = {};
+let lastCloseUs = 0;
 const pusherErrors = {};
 let cpuBase = process.cpuUsage();
 let wallBase = nowUs();
@@ -47,6 +51,7 @@ function onFrame(client, raw) {
     const now = nowUs();
     latency.add(now - t);
     received++;
+    client.seen++;
     lastReceiveUs = now;
   } else if (ev === 'pusher_internal:member_added') {
     memberAdded++;
@@ -58,9 +63,26 @@ function onFrame(client, raw) {
   }
 }
 
-/** Open `items` connections, at most `concurrency` handshakes at a time. */
+/** Socket errors that mean "this local port is taken": retried on another port. */
+const PORT_TAKEN = new Set(['EADDRINUSE', 'EADDRNOTAVAIL']);
+const MAX_PORT_RETRIES = 8;
+
+/**
+ * Open `items` connections, at most `concurrency` handshakes at a time.
+ *
+ * An item is {channels: [...], userId, localAddress?, localPort?}. When the
+ * parent assigned an explicit local port, the socket is bound to it: binding
+ * to an address with port 0 makes the kernel search the whole port range for
+ * a free port on every connect (seconds of system time per thousand
+ * connections once tens of thousands are open), while an explicit port is
+ * one hash lookup. A port that turns out to be taken is replaced from
+ * `cfg.spare` (slots next, next + step, ... up to end of the parent's port
+ * window {lo, size, offset}; disjoint between workers), at most
+ * MAX_PORT_RETRIES times per connection.
+ */
 function openAll(msg, reply) {
   const { cfg, items } = msg;
+  const spare = cfg.spare ? { ...cfg.spare } : null;
   const res = {
     ok: 0,
     failed: {},
@@ -68,6 +90,7 @@ function openAll(msg, reply) {
     subscribed: new Histogram(),
     presenceMaxCount: 0,
     lastSubscribedUs: 0,
+    portRetries: 0,
   };
   let next = 0;
   let inflight = 0;
@@ -79,10 +102,12 @@ function openAll(msg, reply) {
 
   const startOne = () => {
     const it = items[next++];
+    const channels = it.channels || [it.channel];
     inflight++;
     const t0 = nowUs();
     let settled = false;
-    const client = { ws: null, channel: it.channel, alive: false };
+    let retries = 0;
+    const client = { ws: null, channels, alive: false, seen: 0 };
     const finish = (err) => {
       if (settled) return;
       settled = true;
@@ -105,82 +130,118 @@ function openAll(msg, reply) {
       else pump();
     };
     const timer = setTimeout(() => finish('timeout'), cfg.connectTimeoutMs);
-    const opts = { perMessageDeflate: false, handshakeTimeout: cfg.connectTimeoutMs };
-    if (it.localAddress) opts.localAddress = it.localAddress;
-    const ws = new WebSocket(cfg.url, opts);
-    client.ws = ws;
-    let state = 'connecting';
-    ws.on('message', (data) => {
-      const raw = data.toString();
-      if (state === 'subscribed') {
-        onFrame(client, raw);
-        return;
-      }
-      let f;
-      try {
-        f = JSON.parse(raw);
-      } catch (e) {
-        finish('bad-json');
-        return;
-      }
-      if (f.event === 'pusher:error') {
-        finish(`pusher:error ${f.data && f.data.code}`);
-      } else if (state === 'connecting' && f.event === 'pusher:connection_established') {
-        res.established.add(nowUs() - t0);
-        let socketId;
-        try {
-          socketId = JSON.parse(f.data).socket_id;
-        } catch (e) {
-          finish('bad-connection_established');
+
+    const attempt = (localPort) => {
+      const opts = { perMessageDeflate: false, handshakeTimeout: cfg.connectTimeoutMs };
+      if (it.localAddress) opts.localAddress = it.localAddress;
+      if (localPort) opts.localPort = localPort;
+      const ws = new WebSocket(cfg.url, opts);
+      client.ws = ws;
+      let state = 'connecting';
+      const pending = new Set(channels);
+      ws.on('message', (data) => {
+        const raw = data.toString();
+        if (state === 'subscribed') {
+          onFrame(client, raw);
           return;
         }
-        const data = { channel: it.channel, auth: '' };
-        if (it.channel.startsWith('presence-')) {
-          const channelData = JSON.stringify({ user_id: it.userId, user_info: { n: it.userId } });
-          data.channel_data = channelData;
-          data.auth = presenceAuth(cfg.key, cfg.secret, socketId, it.channel, channelData);
-        } else if (it.channel.startsWith('private-')) {
-          data.auth = privateAuth(cfg.key, cfg.secret, socketId, it.channel);
+        let f;
+        try {
+          f = JSON.parse(raw);
+        } catch (e) {
+          finish('bad-json');
+          return;
         }
-        state = 'subscribing';
-        ws.send(JSON.stringify({ event: 'pusher:subscribe', data }));
-      } else if (
-        state === 'subscribing' &&
-        f.event === 'pusher_internal:subscription_succeeded' &&
-        f.channel === it.channel
-      ) {
-        const now = nowUs();
-        res.subscribed.add(now - t0);
-        if (now > res.lastSubscribedUs) res.lastSubscribedUs = now;
-        if (it.channel.startsWith('presence-')) {
+        if (f.event === 'pusher:error') {
+          finish(`pusher:error ${f.data && f.data.code}`);
+        } else if (state === 'connecting' && f.event === 'pusher:connection_established') {
+          res.established.add(nowUs() - t0);
+          let socketId;
           try {
-            const count = JSON.parse(f.data).presence.count;
-            if (count > res.presenceMaxCount) res.presenceMaxCount = count;
+            socketId = JSON.parse(f.data).socket_id;
           } catch (e) {
-            finish('bad-presence-data');
+            finish('bad-connection_established');
             return;
           }
+          state = 'subscribing';
+          for (const channel of channels) {
+            const data = { channel, auth: '' };
+            if (channel.startsWith('presence-')) {
+              const channelData = JSON.stringify({ user_id: it.userId, user_info: { n: it.userId } });
+              data.channel_data = channelData;
+              data.auth = presenceAuth(cfg.key, cfg.secret, socketId, channel, channelData);
+            } else if (channel.startsWith('private-')) {
+              data.auth = privateAuth(cfg.key, cfg.secret, socketId, channel);
+            }
+            ws.send(JSON.stringify({ event: 'pusher:subscribe', data }));
+          }
+        } else if (
+          state === 'subscribing' &&
+          f.event === 'pusher_internal:subscription_succeeded' &&
+          pending.has(f.channel)
+        ) {
+          pending.delete(f.channel);
+          if (f.channel.startsWith('presence-')) {
+            try {
+              const count = JSON.parse(f.data).presence.count;
+              if (count > res.presenceMaxCount) res.presenceMaxCount = count;
+            } catch (e) {
+              finish('bad-presence-data');
+              return;
+            }
+          }
+          if (pending.size) return;
+          const now = nowUs();
+          res.subscribed.add(now - t0);
+          if (now > res.lastSubscribedUs) res.lastSubscribedUs = now;
+          state = 'subscribed';
+          finish(null);
+        } else if (f.event === 'pusher:ping') {
+          ws.send(PONG);
+        } else if (f.event === 'pusher_internal:member_added') {
+          memberAdded++;
+          lastMemberAddedUs = nowUs();
         }
-        state = 'subscribed';
-        finish(null);
-      } else if (f.event === 'pusher:ping') {
-        ws.send(PONG);
-      } else if (f.event === 'pusher_internal:member_added') {
-        memberAdded++;
-        lastMemberAddedUs = nowUs();
-      }
-    });
-    ws.on('error', (e) => finish(`error:${String(e.code || e.message).slice(0, 60)}`));
-    ws.on('close', (code) => {
-      if (!settled) {
-        finish(`closed:${code}`);
-      } else if (client.alive) {
-        client.alive = false;
-        clients.delete(client);
-        unexpectedCloses++;
-        bump(closeCodes, code);
-      }
-    });
+      });
+      ws.on('error', (e) => {
+        if (client.ws !== ws) return;
+        if (
+          !settled &&
+          state === 'connecting' &&
+          localPort &&
+          PORT_TAKEN.has(e.code) &&
+          retries < MAX_PORT_RETRIES &&
+          spare &&
+          spare.next <= spare.end
+        ) {
+          retries++;
+          res.portRetries++;
+          const port = spare.lo + ((spare.offset + spare.next) % spare.size);
+          spare.next += spare.step;
+          client.ws = null;
+          attempt(port);
+          return;
+        }
+        finish(`error:${String(e.code || e.message).slice(0, 60)}`);
+      });
+      ws.on('close', (code) => {
+        if (client.ws !== ws) return;
+        if (!settled) {
+          finish(`closed:${code}`);
+        } else if (client.alive) {
+          client.alive = false;
+          clients.delete(client);
+          if (draining) {
+            bump(drainCloseCodes, code);
+            lastCloseUs = nowUs();
+          } else {
+            unexpectedCloses++;
+            bump(closeCodes, code);
+          }
+        }
+      });
+    };
+    attempt(it.localPort || 0);
   };
 
   const pump = () => {
@@ -197,6 +258,7 @@ function finishOpen(res) {
     subscribed: res.subscribed.toWire(),
     presenceMaxCount: res.presenceMaxCount,
     lastSubscribedUs: res.lastSubscribedUs,
+    portRetries: res.portRetries,
   };
 }
 
@@ -208,11 +270,27 @@ function resetCounters() {
   lastMemberAddedUs = 0;
   cpuBase = process.cpuUsage();
   wallBase = nowUs();
+  for (const c of clients) c.seen = 0;
 }
 
-function report(withHistogram) {
+/** Clients that saw no bench event since the reset, and extra copies seen. */
+function perClientCounts() {
+  let missing = 0;
+  let duplicates = 0;
+  for (const c of clients) {
+    if (c.seen === 0) missing++;
+    else if (c.seen > 1) duplicates += c.seen - 1;
+  }
+  return { missing, duplicates };
+}
+
+function report(withHistogram, perClient) {
   const cpu = process.cpuUsage(cpuBase);
   return {
+    perClient: perClient ? perClientCounts() : null,
+    draining,
+    drainCloseCodes,
+    lastCloseUs,
     received,
     lastReceiveUs,
     latency: withHistogram ? latency.toWire() : null,
@@ -303,10 +381,14 @@ process.on('message', (msg) => {
       break;
     case 'reset':
       resetCounters();
-      reply({});
+      reply({ alive: clients.size });
       break;
     case 'report':
-      reply(report(Boolean(msg.histogram)));
+      reply(report(Boolean(msg.histogram), Boolean(msg.perClient)));
+      break;
+    case 'expect-close':
+      draining = true;
+      reply({ alive: clients.size });
       break;
     case 'close':
       closeAll();
