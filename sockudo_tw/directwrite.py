@@ -23,7 +23,15 @@ from twisted.internet.tcp import Connection
 
 from sockudo_tw.compat.twisted import write_buffer_empty
 
-__all__ = ["idle_socket", "write_now"]
+__all__ = ["idle_socket", "plain_socket", "write_now"]
+
+
+def plain_socket(transport: Any) -> bool:
+    """
+    Whether C{transport} is a plain TCP or UNIX connection (not TLS): one
+    that L{write_now} may send on directly while it is idle.
+    """
+    return isinstance(transport, Connection) and not transport.TLS
 
 
 def idle_socket(transport: Any) -> bool:

@@ -19,6 +19,17 @@ with 400, 413 or 431 and gives upgrades to Autobahn. Answers to triggers are
 the same either way but for framing (this path sends C{Content-Length}, not
 chunks). Both paths apply the header, body and idle timeouts of
 L{sockudo_tw.config.HttpLimits}.
+
+Answers on a plain TCP (or UNIX) connection kept open are corked until the
+end of the reactor turn, then leave with one C{send()} per connection
+(L{TriggerChannelFactory.flush}), as WebSocket frames are. On loopback a
+C{send()} runs the client's TCP input and wakes the client: sent back to
+back, a turn's answers wake each client process about once, instead of
+once per answer between the parsing of the next requests; that saved about
+a tenth of the server's CPU per trigger (more on a busy machine), for a
+wait of at most the rest of the turn. An answer that closes the
+connection, a hand-over to twisted.web and a timeout's answer write what
+is corked first; TLS connections are not corked.
 """
 
 from __future__ import annotations
@@ -45,7 +56,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from sockudo_tw.config import HttpLimits
-from sockudo_tw.directwrite import write_now
+from sockudo_tw.directwrite import plain_socket, write_now
 from sockudo_tw.pusher.httpapi import HttpRequest, HttpResponse, internal_error, is_trigger_path
 from sockudo_tw.web import REASONS, BoundedChannel, SockudoSite, error_response
 
@@ -57,6 +68,7 @@ __all__ = [
     "Served",
     "TriggerChannel",
     "TriggerChannelFactory",
+    "frame_answer",
 ]
 
 MAX_HEAD = 8192
@@ -78,12 +90,44 @@ _STATUS_LINES = {
 The status lines of the usual answers, built once.
 """
 
+_OK_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nDate: %s\r\n\r\n{}"
+)
+"""
+The answer to a plain successful trigger (what L{frame_answer} builds for
+C{200}, C{[_OK_HEADERS]} and C{{}} on a connection kept open), but its date.
+"""
+
+_OK_HEADERS = (b"Content-Type", b"application/json")
+
 _DECLINED = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 
 Handler = Callable[[HttpRequest], "HttpResponse | Deferred[HttpResponse]"]
 """
 Answers one trigger, now or later: L{sockudo_tw.api.PusherApi.serve}.
 """
+
+
+def frame_answer(
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    date: bytes,
+    closing: bool = False,
+) -> bytes:
+    """
+    One answer's bytes: the status line, C{headers}, C{Content-Length},
+    C{Date} and, when C{closing}, C{Connection: close}; then C{body}.
+    """
+    head = _STATUS_LINES.get(status)
+    if head is None:
+        head = b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Unknown"))
+    for name, value in headers:
+        head += name + b": " + value + b"\r\n"
+    head += b"Content-Length: %d\r\nDate: %s\r\n" % (len(body), date)
+    if closing:
+        head += b"Connection: close\r\n"
+    return head + b"\r\n" + body
 
 
 class Served:
@@ -149,6 +193,9 @@ class TriggerChannelFactory(Factory):
         self.max_head = min(MAX_HEAD, limits.max_header_bytes)
         self._date_second = -1
         self._date = b""
+        self._ok = b""
+        self._corked: list[TriggerChannel] = []
+        self._flush_call: IDelayedCall | None = None
 
     def doStart(self) -> None:  # noqa: N802 (Factory's name)
         """
@@ -159,8 +206,12 @@ class TriggerChannelFactory(Factory):
 
     def doStop(self) -> None:  # noqa: N802 (Factory's name)
         """
-        Stop the C{Site} along with this factory.
+        Stop the C{Site} along with this factory, writing what is corked.
         """
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
+        self.flush()
         self.site.doStop()  # type: ignore[no-untyped-call]
         super().doStop()  # type: ignore[no-untyped-call]
 
@@ -192,7 +243,44 @@ class TriggerChannelFactory(Factory):
         if second != self._date_second:
             self._date_second = second
             self._date = datetimeToString(second)  # type: ignore[no-untyped-call]
+            self._ok = _OK_HEAD % self._date
         return self._date
+
+    def ok_answer(self, now: float) -> bytes:
+        """
+        The whole answer to a trigger that succeeded without C{info} (200,
+        C{{}}) on a connection kept open, at C{now}; built once a second.
+        """
+        if int(now) != self._date_second:
+            self.date()
+        return self._ok
+
+    def cork(self, channel: TriggerChannel) -> None:
+        """
+        Have C{channel}'s corked answers written at the end of this reactor
+        turn (L{flush}).
+        """
+        self._corked.append(channel)
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._flush_turn)
+
+    def _flush_turn(self) -> None:
+        """
+        The end of a reactor turn with answers corked: L{flush}.
+        """
+        self._flush_call = None
+        self.flush()
+
+    def flush(self) -> None:
+        """
+        Write every corked answer, one C{send()} per connection.
+        """
+        corked, self._corked = self._corked, []
+        for channel in corked:
+            try:
+                channel.flush()
+            except Exception:
+                channel._log.failure("Writing an answer failed")
 
 
 class TriggerChannel(Protocol):
@@ -223,6 +311,7 @@ class TriggerChannel(Protocol):
         host = getattr(addr, "host", None)
         self._peer = host if isinstance(host, str) else None
         self._raw = bytearray()
+        self._out: list[bytes] = []  # answers corked until the turn's end
         # The request being parsed (one at a time, so its state lives here
         # and the only object built per request is its HttpRequest).
         self._parsing = False
@@ -284,6 +373,7 @@ class TriggerChannel(Protocol):
         self._stop_timer()
         self._raw = bytearray()
         self._ready = []
+        self._out = []
         self._closing = True
         self._lost = True
         waiting, self._waiting = self._waiting, False
@@ -434,26 +524,46 @@ class TriggerChannel(Protocol):
 
     def _answer(self, response: HttpResponse, path: bytes, started: float, received: int) -> None:
         """
-        Write one answer with its framing; close after it if asked to.
+        Write one answer with its framing (corked on a plain socket kept
+        open); close after it if asked to.
         """
-        self._last_active = self._factory.clock.seconds()
+        factory = self._factory
+        now = self._last_active = factory.clock.seconds()
         body = response.body
         status = response.status
-        head = _STATUS_LINES.get(status)
-        if head is None:
-            head = b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Unknown"))
-        for name, value in response.headers:
-            head += name + b": " + value + b"\r\n"
-        head += b"Content-Length: %d\r\nDate: %s\r\n" % (len(body), self._factory.date())
-        if self._closing:
-            head += b"Connection: close\r\n"
+        headers = response.headers
+        if (
+            status == 200
+            and body == b"{}"
+            and not self._closing
+            and len(headers) == 1
+            and headers[0] == _OK_HEADERS
+        ):
+            data = factory.ok_answer(now)
+        else:
+            data = frame_answer(status, headers, body, factory.date(), self._closing)
         transport: Any = self.transport
-        write_now(transport, head + b"\r\n" + body)
-        recorder = self._factory.recorder
+        if not self._closing and plain_socket(transport):
+            if not self._out:
+                factory.cork(self)
+            self._out.append(data)
+        else:
+            self.flush()
+            write_now(transport, data)
+        recorder = factory.recorder
         if recorder is not None:
-            recorder(Served(path, response.status, len(body)), started, received)
+            recorder(Served(path, status, len(body)), started, received)
         if self._closing:
             transport.loseConnection()
+
+    def flush(self) -> None:
+        """
+        Write the corked answers, with one C{send()} when the socket is idle.
+        """
+        out = self._out
+        if out:
+            self._out = []
+            write_now(self.transport, out[0] if len(out) == 1 else b"".join(out))
 
     def _hand_over(self) -> None:
         """
@@ -462,6 +572,7 @@ class TriggerChannel(Protocol):
         head's timeout goes on from when this request started.
         """
         self._stop_timer()
+        self.flush()
         self._closing = True
         channel = self._factory.site.buildProtocol(self._addr)  # type: ignore[no-untyped-call]
         assert channel is not None
@@ -531,6 +642,7 @@ class TriggerChannel(Protocol):
             self._timer = clock.callLater(deadline - clock.seconds(), self._check_timeout)
             return
         transport: Any = self.transport
+        self.flush()
         self._closing = True
         if why != "idle" and self._raw:
             limits = self._factory.limits

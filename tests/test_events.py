@@ -114,3 +114,37 @@ class DecodeTests(SynchronousTestCase):
         self.assertEqual(events.relay_data({"a": [1, None]}), '{"a":[1,null]}')
         self.assertEqual(events.relay_data(None), "null")
         self.assertIsNone(events.relay_data(events.MISSING))
+
+
+class ChannelEventTests(SynchronousTestCase):
+    """
+    L{events.channel_event} joins its frame from quoted strings: the bytes
+    must be those of L{events.encode} of the frame's dict.
+    """
+
+    def test_same_as_encoder(self) -> None:
+        """
+        Quotes, backslashes, control characters, non-ASCII, the line and
+        paragraph separators and astral characters are escaped (or not)
+        exactly as the encoder does; with and without a user id.
+        """
+        samples = ["", "a", 'q"uote\\back', "\n\t\x00\x1f\x7f", "é日本\u2028\u2029", "😀", "</s>"]
+        for text in samples:
+            for user_id in (None, "u1", text):
+                frame: dict[str, str] = {"event": text, "channel": "c" + text, "data": text}
+                if user_id is not None:
+                    frame["user_id"] = user_id
+                self.assertEqual(
+                    events.channel_event(text, "c" + text, text, user_id), events.encode(frame)
+                )
+                self.assertEqual(
+                    json.loads(events.channel_event(text, "c", text, user_id)),
+                    {**frame, "channel": "c"},
+                )
+
+    def test_lone_surrogate(self) -> None:
+        """
+        A lone surrogate cannot be UTF-8 encoded, by either way.
+        """
+        self.assertRaises(UnicodeEncodeError, events.encode, {"data": "\ud800"})
+        self.assertRaises(UnicodeEncodeError, events.channel_event, "e", "c", "\ud800")

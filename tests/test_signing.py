@@ -125,3 +125,107 @@ class ApiTests(SynchronousTestCase):
             now=1600,
         )
         self.assertEqual(e.status, 401)
+
+
+class HmacTests(SynchronousTestCase):
+    """
+    L{hmac_sha256_hex} keeps each secret's hashed pads; its digests stay
+    the standard library's.
+    """
+
+    def test_matches_hmac(self) -> None:
+        """
+        Secrets shorter than, as long as and longer than SHA-256's 64-byte
+        block, and non-ASCII ones, give C{hmac}'s digest, first and again.
+        """
+        import hmac as stdlib_hmac
+
+        for secret in ("", "s", "x" * 63, "x" * 64, "x" * 65, "y" * 200, "sécret-é日本"):
+            for message in (b"", b"POST\n/apps/3/events\na=1", "é" * 100):
+                raw = message.encode() if isinstance(message, str) else message
+                expected = stdlib_hmac.new(secret.encode(), raw, "sha256").hexdigest()
+                self.assertEqual(hmac_sha256_hex(secret, message), expected)
+                self.assertEqual(hmac_sha256_hex(secret, message), expected)
+
+    def test_cache_bounded(self) -> None:
+        """
+        Past L{signing._PADS_KEPT} secrets the cache starts over, and every
+        secret still signs right.
+        """
+        from sockudo_tw.pusher import signing
+
+        self.patch(signing, "_PADS_KEPT", 3)
+        self.patch(signing, "_pads", {})
+        import hmac as stdlib_hmac
+
+        for n in range(10):
+            secret = f"secret-{n}"
+            self.assertEqual(
+                hmac_sha256_hex(secret, b"m"),
+                stdlib_hmac.new(secret.encode(), b"m", "sha256").hexdigest(),
+            )
+            self.assertLessEqual(len(signing._pads), 3)
+
+
+class TimestampTests(SynchronousTestCase):
+    """
+    C{auth_timestamp} must be plain ASCII digits, at most twelve.
+    """
+
+    def test_refused_spellings(self) -> None:
+        """
+        Signs, spaces, underscores, other scripts' digits and over-long
+        numbers are refused as expired, though C{int()} takes some of them.
+        """
+        for given in (
+            "+1000",
+            " 1000",
+            "1_000",
+            "\uff11\uff10\uff10\uff10",
+            "\u0663",
+            "0000000001000",
+            "1e3",
+            "-5",
+        ):
+            query = sign_api_query(KEY, SECRET, "POST", "/apps/3/events", [], b"", 1000)
+            query = [(k, given if k == "auth_timestamp" else v) for k, v in query]
+            e = self.assertRaises(
+                ApiAuthError,
+                verify_api_request,
+                key=KEY,
+                secret=SECRET,
+                method="POST",
+                paths=["/apps/3/events"],
+                query=query,
+                body=b"",
+                now=1000,
+            )
+            self.assertTrue(e.message.startswith("Timestamp expired"), (given, e.message))
+
+    def test_repeated_names(self) -> None:
+        """
+        The first value of a repeated parameter (names compared lower-cased)
+        is the one checked; the signature covers all of them, repeated
+        names in the order sent.
+        """
+        signed = sign_api_query(
+            KEY, SECRET, "POST", "/apps/3/events", [("x", "2"), ("X", "1")], b"", 1000
+        )
+
+        def verify(query: list[tuple[str, str]]) -> None:
+            verify_api_request(
+                key=KEY,
+                secret=SECRET,
+                method="POST",
+                paths=["/apps/3/events"],
+                query=query,
+                body=b"",
+                now=1000,
+            )
+
+        verify(signed)
+        swapped = [signed[1], signed[0], *signed[2:]]
+        e = self.assertRaises(ApiAuthError, verify, swapped)
+        self.assertTrue(e.message.startswith("Invalid signature"), e.message)
+        e = self.assertRaises(ApiAuthError, verify, [*signed, ("AUTH_KEY", "other")])
+        self.assertTrue(e.message.startswith("Invalid signature"), e.message)

@@ -8,12 +8,14 @@ request to twisted.web.
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 from urllib.parse import urlencode
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from treq.testing import StubTreq
+from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -40,6 +42,7 @@ from sockudo_tw.triggerchannel import (
     Served,
     TriggerChannel,
     TriggerChannelFactory,
+    frame_answer,
 )
 from sockudo_tw.web import RootResource, make_site
 from tests.fakes import RecordingAdapter
@@ -140,8 +143,13 @@ class ChannelMixin:
     C{/apps} and a static C{/up}, on a clock at the example timestamp.
     """
 
-    def make(self, apps: MemoryAppStore | None = None, limits: HttpLimits | None = None) -> None:
-        self.clock = Clock()
+    def make(
+        self,
+        apps: MemoryAppStore | None = None,
+        limits: HttpLimits | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.clock = clock or Clock()
         self.clock.advance(NOW)
         self.apps = apps or MemoryAppStore(
             [
@@ -531,6 +539,181 @@ class SlowStoreTests(ChannelMixin, SynchronousTestCase):
         self.assertEqual(self.adapter.broadcasts, [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(len(self.recorded), 1)
+
+
+class _CountingSocket(socket.socket):
+    """
+    A real socket that records each C{send()}.
+    """
+
+    sends: list[bytes]
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        """
+        Record C{data}, then send it.
+        """
+        self.sends.append(bytes(data))
+        return super().send(data, flags)
+
+
+class _Connection(tcp.Connection):
+    """
+    Twisted's TCP connection class over a socketpair end, with addresses.
+    """
+
+    def getPeer(self) -> IPv4Address:  # noqa: N802 (Twisted's name)
+        return ADDRESS
+
+    def getHost(self) -> IPv4Address:  # noqa: N802 (Twisted's name)
+        return IPv4Address("TCP", "127.0.0.1", 6001)
+
+    def setTcpNoDelay(self, enabled: bool) -> None:  # noqa: N802 (Twisted's name)
+        """
+        A UNIX socketpair has no Nagle algorithm to turn off.
+        """
+
+
+class CorkTests(ChannelMixin, SynchronousTestCase):
+    """
+    Answers on a plain TCP socket wait for the end of the reactor turn and
+    leave with one C{send()} per connection, in the order of requests and
+    before anything else written or a close. Each test runs a real Twisted
+    L{tcp.Connection} over one end of a real C{socketpair}, with a
+    L{MemoryReactorClock} standing in for the reactor.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.make(clock=self.reactor)  # at NOW
+
+    def open(self) -> tuple[TriggerChannel, _Connection, socket.socket]:
+        """
+        A channel on a real connection; the peer's end of the socketpair.
+        """
+        ours, peer = socket.socketpair()
+        self.addCleanup(peer.close)
+        sock = _CountingSocket(ours.family, ours.type, fileno=ours.detach())
+        sock.sends = []
+        self.addCleanup(sock.close)
+        peer.setblocking(False)
+        channel = self.factory.buildProtocol(ADDRESS)
+        connection = _Connection(sock, channel, self.reactor)
+        connection.sends = sock.sends  # type: ignore[attr-defined]
+        connection.connected = 1
+        channel.makeConnection(connection)
+        return channel, connection, peer
+
+    def pending(self) -> list[Any]:
+        """
+        What the reactor's pending calls would call.
+        """
+        return [call.func for call in self.reactor.getDelayedCalls()]
+
+    def received(self, peer: socket.socket) -> bytes:
+        """
+        Everything the peer can read now.
+        """
+        data = b""
+        while True:
+            try:
+                chunk = peer.recv(65536)
+            except BlockingIOError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+    def test_corked_until_turn_end(self) -> None:
+        """
+        Answers to two connections are sent only at the end of the turn,
+        one C{send()} each, and nothing is registered for writing.
+        """
+        a, a_connection, a_peer = self.open()
+        b, b_connection, b_peer = self.open()
+        a.dataReceived(signed_trigger(event()))
+        b.dataReceived(signed_trigger(event(channel="other")))
+        self.assertEqual(len(self.adapter.broadcasts), 2)
+        self.assertEqual((self.received(a_peer), self.received(b_peer)), (b"", b""))
+        self.reactor.advance(0)
+        for connection, peer in ((a_connection, a_peer), (b_connection, b_peer)):
+            self.assertEqual(answers(self.received(peer)), [(200, b"{}")])
+            self.assertEqual(len(connection.sends), 1)  # type: ignore[attr-defined]
+        self.assertEqual(self.reactor.getWriters(), [])
+        self.assertNotIn(self.factory._flush_turn, self.pending())
+
+    def test_pipelined_one_send(self) -> None:
+        """
+        Requests arriving together are answered with one C{send()}, in order.
+        """
+        channel, connection, peer = self.open()
+        channel.dataReceived(signed_trigger(event()) + signed_trigger(b"not json"))
+        self.reactor.advance(0)
+        self.assertEqual([code for code, _ in answers(self.received(peer))], [200, 400])
+        self.assertEqual(len(connection.sends), 1)  # type: ignore[attr-defined]
+
+    def test_close_after_corked(self) -> None:
+        """
+        An answer that closes the connection goes out after those corked
+        before it, and the connection closes after all of them.
+        """
+        channel, connection, peer = self.open()
+        channel.dataReceived(
+            signed_trigger(event())
+            + signed_trigger(event(channel="last"), headers=(b"Connection: close",))
+        )
+        self.assertEqual([code for code, _ in answers(self.received(peer))], [200, 200])
+        self.assertTrue(connection.disconnecting)
+        self.reactor.advance(0)
+        self.assertEqual(self.received(peer), b"")
+
+    def test_hand_over_after_corked(self) -> None:
+        """
+        A request twisted.web serves, after a trigger in the same read, is
+        answered after the trigger's corked answer.
+        """
+        channel, connection, peer = self.open()
+        channel.dataReceived(signed_trigger(event()) + b"GET /up HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.reactor.advance(0)
+        found = self.received(peer)
+        if not found.endswith(b"OK"):
+            # twisted.web wrote through the transport: the reactor's turn.
+            connection.doWrite()
+            found += self.received(peer)
+        self.assertEqual(answers(found), [(200, b"{}"), (200, b"OK")])
+        connection.connectionLost(Failure(ConnectionDone()))
+
+    def test_lost_before_turn_end(self) -> None:
+        """
+        A connection lost with answers corked drops them quietly.
+        """
+        channel, connection, _peer = self.open()
+        channel.dataReceived(signed_trigger(event()))
+        connection.connectionLost(Failure(ConnectionDone()))
+        self.reactor.advance(0)
+        self.assertEqual(connection.sends, [])  # type: ignore[attr-defined]
+
+    def test_stop_writes_corked(self) -> None:
+        """
+        Stopping the factory writes what is corked and leaves no call behind.
+        """
+        self.factory.doStart()
+        channel, _connection, peer = self.open()
+        channel.dataReceived(signed_trigger(event()))
+        self.factory.doStop()
+        self.assertEqual(answers(self.received(peer)), [(200, b"{}")])
+        self.assertNotIn(self.factory._flush_turn, self.pending())
+
+    def test_canned_answer(self) -> None:
+        """
+        The prepared answer to a plain success is byte for byte what the
+        general framing gives for it.
+        """
+        self.assertEqual(
+            self.factory.ok_answer(NOW + 0.5),
+            frame_answer(200, [(b"Content-Type", b"application/json")], b"{}", self.factory.date()),
+        )
+        self.reactor.advance(1)
+        self.assertIn(b"Date: Fri, 16 Nov 2012 17:49:40 GMT\r\n", self.factory.ok_answer(NOW + 1))
 
 
 class TwistedInternalsTests(SynchronousTestCase):

@@ -47,6 +47,10 @@ __all__ = [
 ]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_quote = json.encoder.encode_basestring
+"""
+A string as L{_encoder} writes it (C{ensure_ascii=False}): quoted, escaped.
+"""
 
 
 def encode(frame: dict[str, Any]) -> bytes:
@@ -60,11 +64,21 @@ def channel_event(event: str, channel: str, data: str, user_id: str | None = Non
     """
     A channel event as subscribers receive it; C{data} is passed through as
     the exact string the publisher sent.
+
+    The same bytes as L{encode} of the frame's dict, joined from its quoted
+    strings (C{json}'s own C{encode_basestring}, what the encoder applies to
+    each string), without building the dict and encoder state per event.
     """
-    frame: dict[str, Any] = {"event": event, "channel": channel, "data": data}
-    if user_id is not None:
-        frame["user_id"] = user_id
-    return encode(frame)
+    text = (
+        '{"event":'
+        + _quote(event)
+        + ',"channel":'
+        + _quote(channel)
+        + ',"data":'
+        + _quote(data)
+        + ("}" if user_id is None else ',"user_id":' + _quote(user_id) + "}")
+    )
+    return text.encode("utf-8")
 
 
 def error_frame(code: int | None, message: str) -> bytes:
