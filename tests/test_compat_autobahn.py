@@ -186,6 +186,47 @@ class ShedHandshakeTests(SynchronousTestCase):
         self.assertNotIn("http_headers", vars(c.protocol))
         self.assertIs(type(c.protocol.send_queue), compat._SendQueue)
 
+    def test_shared_state_on_the_class(self) -> None:
+        """
+        The options and flags every connection starts with live on the
+        factory's protocol class: the instance dict keeps under 43 entries
+        (a table of 64 slots) through subscribing and messaging, and reads
+        still give the factory's values.
+        """
+        h = Harness()
+        c = h.connect()
+        [ok] = c.send({"event": "pusher:subscribe", "data": {"channel": "a"}})
+        self.assertEqual(ok["event"], "pusher_internal:subscription_succeeded")
+        c.send({"event": "pusher:ping", "data": {}})
+        attributes = vars(c.protocol)
+        for name in compat.CONFIG_STATE:
+            self.assertNotIn(name, attributes)
+            self.assertEqual(getattr(c.protocol, name), getattr(h.factory, name))
+        for name, value in compat.SHARED_STATE:
+            self.assertNotIn(name, attributes)
+            self.assertEqual(getattr(c.protocol, name), value)
+        self.assertLess(len(attributes), 43)
+
+    def test_option_changed_later(self) -> None:
+        """
+        An option set on the factory later holds for new connections (the
+        factory builds a new protocol class), not for existing ones, as
+        with Autobahn's own per-connection copies.
+        """
+        h = Harness()
+        before = h.connect()
+        h.factory.setProtocolOptions(maxFramePayloadSize=1234)
+        after = h.connect()
+        self.assertEqual(after.protocol.maxFramePayloadSize, 1234)
+        self.assertEqual(before.protocol.maxFramePayloadSize, 64 * 1024)
+
+    def test_fallback_shares_nothing(self) -> None:
+        """
+        With the guard off the factory's protocol class is ours, unchanged.
+        """
+        self.patch(compat, "SHED_HANDSHAKE", False)
+        self.assertIs(compat.sharing_class(PusherProtocol, object()), PusherProtocol)
+
 
 class CloseFrameTests(SynchronousTestCase):
     """

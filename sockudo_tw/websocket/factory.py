@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from sockudo_tw.adapters import IAdapter, ILocalSocket
 from sockudo_tw.appstores import IAppStore
 from sockudo_tw.caches import IChannelCache
-from sockudo_tw.compat.autobahn import CLOSE_FRAME, use_reactor_for_timers
+from sockudo_tw.compat.autobahn import CLOSE_FRAME, sharing_class, use_reactor_for_timers
 from sockudo_tw.hooks import IPusherEvents, NoPusherEvents
 from sockudo_tw.listening import AcceptCeiling
 from sockudo_tw.pusher.app import App
@@ -110,7 +110,7 @@ class PusherFactory(WebSocketServerFactory):
         # Told the number of connections held (set by the composition root).
         self.accept_ceiling: AcceptCeiling | None = None
         limit = max_payload_kb * 1024
-        self.setProtocolOptions(  # type: ignore[no-untyped-call]
+        self.setProtocolOptions(
             webStatus=False,
             # Text messages are validated by the strict decode in the
             # protocol, which closes with 1007 itself (when it can: else
@@ -175,6 +175,15 @@ class PusherFactory(WebSocketServerFactory):
                 protocol.write_corked(frames)
             except Exception:
                 self._log.failure("Writing to {socket_id} failed", socket_id=protocol.socket_id)
+
+    def setProtocolOptions(self, *args: Any, **options: Any) -> None:  # noqa: N802 (Autobahn's name)
+        """
+        Set Autobahn's options, then rebuild the protocol class that holds
+        them for every new connection (L{sharing_class}): Autobahn copies
+        an option to a connection only when its class lacks it.
+        """
+        super().setProtocolOptions(*args, **options)  # type: ignore[no-untyped-call]
+        self.protocol = sharing_class(type(self).protocol, self)
 
     def websocket_resource(self) -> WebSocketResource:
         """
