@@ -400,30 +400,28 @@ def sharing_class(protocol_class: type[Any], factory: Any) -> type[Any]:
         value = getattr(factory, name, _ABSENT)
         if value is not _ABSENT:
             shared[name] = value
-    shared["__module__"] = protocol_class.__module__
-    shared["__doc__"] = protocol_class.__doc__
-    return type(protocol_class.__name__, (protocol_class,), shared)
+    # What the class shares, looked up once per connection by the shedding.
+    body: dict[str, Any] = {**shared, _SHARED: tuple(shared.items())}
+    body["__module__"] = protocol_class.__module__
+    body["__doc__"] = protocol_class.__doc__
+    return type(protocol_class.__name__, (protocol_class,), body)
+
+
+_SHARED = "_sockudo_shared_state"
 
 
 def _shed_shared_state(protocol: WebSocketServerProtocol, attributes: dict[str, Any]) -> None:
     """
-    Drop the instance attributes whose value their class holds already
-    (the same type and an equal value), so reads find the class's.
+    Drop the instance attributes whose value the protocol's sharing class
+    holds already (the same type and an equal value), so reads find the
+    class's. A class that is not a L{sharing_class} shares nothing.
     """
-    cls = type(protocol)
-    for name, _ in SHARED_STATE:
-        _drop_if_shared(cls, name, attributes)
-    for name in CONFIG_STATE:
-        _drop_if_shared(cls, name, attributes)
-
-
-def _drop_if_shared(cls: type[Any], name: str, attributes: dict[str, Any]) -> None:
-    value = attributes.get(name, _ABSENT)
-    if value is _ABSENT:
-        return
-    shared = getattr(cls, name, _ABSENT)
-    if type(shared) is type(value) and shared == value:
-        del attributes[name]
+    shared: tuple[tuple[str, Any], ...] = getattr(type(protocol), _SHARED, ())
+    get = attributes.get
+    for name, value in shared:
+        mine = get(name, _ABSENT)
+        if mine is value or (type(mine) is type(value) and mine == value):
+            del attributes[name]
 
 
 def shed_handshake_state(protocol: WebSocketServerProtocol) -> None:
