@@ -365,7 +365,6 @@ CONFIG_STATE = (
     "failByDrop",
     "echoCloseCodeReason",
     "closeHandshakeTimeout",
-    "tcpNoDelay",
     "autoPingInterval",
     "autoPingTimeout",
     "autoPingSize",
@@ -375,7 +374,11 @@ CONFIG_STATE = (
 )
 """
 Factory options Autobahn copies to every protocol (C{CONFIG_ATTRS}) and
-reads later: the same for every connection of one factory.
+reads later: the same for every connection of one factory. Not
+C{tcpNoDelay}: Autobahn's C{connectionMade} reads it before the copy (and
+gives up silently while it is missing), so on the class it would set
+C{TCP_NODELAY} a second time on each connection (the listener's protocol
+sets it first) and fail noisily on Unix sockets.
 """
 
 _ABSENT = object()
