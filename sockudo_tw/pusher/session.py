@@ -15,8 +15,9 @@ then; activity only moves a timestamp.
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -180,12 +181,23 @@ L{sockudo_tw.pusher.subscriptions}.
 """
 
 
-def new_socket_id(randbelow: Callable[[int], int] = secrets.randbelow) -> str:
+def new_socket_id(randbelow: Callable[[int], int] | None = None) -> str:
     """
     A random C{"<digits>.<digits>"} socket id (about 66 random bits, so
     unique across a cluster without coordination).
+
+    By default both numbers come from one read of the system's random
+    source (16 bytes, reduced modulo 10**10: a bias of under 1e-9), where
+    C{secrets.randbelow} would read several times per number; C{randbelow}
+    replaces it (tests).
     """
-    return f"{randbelow(10**10)}.{randbelow(10**10)}"
+    if randbelow is not None:
+        return f"{randbelow(10**10)}.{randbelow(10**10)}"
+    first, second = _TWO_WORDS.unpack(os.urandom(16))
+    return f"{first % 10**10}.{second % 10**10}"
+
+
+_TWO_WORDS = struct.Struct("<QQ")
 
 
 def parse_app_key(path: str) -> str | None:
