@@ -74,9 +74,17 @@ class RecognisedTests(SynchronousTestCase):
                 "SHED_HANDSHAKE": compat.SHED_HANDSHAKE,
                 "CLOSE_FRAME": compat.CLOSE_FRAME,
                 "BATCHED_TIMER": compat.BATCHED_TIMER,
+                "NO_CLOSE_WAIT": compat.NO_CLOSE_WAIT,
             },
             dict.fromkeys(
-                ("LAZY_LOG_ARGUMENTS", "SHED_HANDSHAKE", "CLOSE_FRAME", "BATCHED_TIMER"), True
+                (
+                    "LAZY_LOG_ARGUMENTS",
+                    "SHED_HANDSHAKE",
+                    "CLOSE_FRAME",
+                    "BATCHED_TIMER",
+                    "NO_CLOSE_WAIT",
+                ),
+                True,
             ),
         )
 
@@ -226,6 +234,38 @@ class ShedHandshakeTests(SynchronousTestCase):
         """
         self.patch(compat, "SHED_HANDSHAKE", False)
         self.assertIs(compat.sharing_class(PusherProtocol, object()), PusherProtocol)
+
+
+class CloseWithoutWaitingTests(SynchronousTestCase):
+    """
+    A shutdown close starts no closing-handshake timer when recognised;
+    otherwise Autobahn's timer runs, and the client still gets 4200.
+    """
+
+    def test_no_timer(self) -> None:
+        """
+        With the guard on, closing for shutdown leaves no timer behind.
+        """
+        h = Harness()
+        c = h.connect()
+        c.protocol.shut_down(4200, "Server shutting down")
+        self.assertIsNone(c.protocol.closeHandshakeTimeoutCall)
+        h.flush()
+        c.pump()
+        self.assertEqual(c.close_code, 4200)
+
+    def test_fallback(self) -> None:
+        """
+        With the guard off the connection keeps Autobahn's timer.
+        """
+        self.patch(compat, "NO_CLOSE_WAIT", False)
+        h = Harness()
+        c = h.connect()
+        c.protocol.shut_down(4200, "Server shutting down")
+        self.assertIsNotNone(c.protocol.closeHandshakeTimeoutCall)
+        h.flush()
+        c.pump()
+        self.assertEqual(c.close_code, 4200)
 
 
 class CloseFrameTests(SynchronousTestCase):

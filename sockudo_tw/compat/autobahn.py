@@ -62,12 +62,14 @@ __all__ = [
     "HANDSHAKE_STATE",
     "KNOWN_RANGE",
     "LAZY_LOG_ARGUMENTS",
+    "NO_CLOSE_WAIT",
     "RECOGNISED",
     "SEND_QUEUE",
     "SHED_HANDSHAKE",
     "TXAIO_KNOWN_RANGE",
     "QuietServerProtocol",
     "close_invalid_payload",
+    "close_without_waiting",
     "reactor_timer",
     "sharing_class",
     "shed_handshake_state",
@@ -479,6 +481,32 @@ def close_invalid_payload(protocol: WebSocketServerProtocol, reason: bytes) -> N
         )
     else:
         protocol.dropConnection(abort=False)
+
+
+# -- closing without waiting for the client ------------------------------------
+
+NO_CLOSE_WAIT = CLOSE_FRAME and "closeHandshakeTimeout" in (
+    WebSocketServerProtocol.sendCloseFrame.__code__.co_names
+)
+"""
+Whether Autobahn reads the connection's C{closeHandshakeTimeout} when it
+sends a close frame (checked on 26.11.1), so that setting it on the
+connection just before closing keeps its timer from starting.
+"""
+
+
+def close_without_waiting(protocol: WebSocketServerProtocol) -> None:
+    """
+    Have the next close frame of C{protocol} start no closing-handshake
+    timer: at shutdown the caller closes the TCP connection itself right
+    after, and under load Autobahn's timer (1 s) could fire first and abort
+    it with a reset that overtakes the close frame. With L{NO_CLOSE_WAIT}
+    off, nothing changes (the timer may then abort a slow connection, as
+    Autobahn does by default).
+    """
+    if NO_CLOSE_WAIT:
+        connection: Any = protocol  # the option Autobahn copied to it
+        connection.closeHandshakeTimeout = 0
 
 
 # -- Autobahn's timers on our reactor -----------------------------------------

@@ -19,7 +19,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sockudo_tw.adapters import ILocalSocket
-from sockudo_tw.compat.autobahn import close_invalid_payload, shed_handshake_state
+from sockudo_tw.compat.autobahn import (
+    close_invalid_payload,
+    close_without_waiting,
+    shed_handshake_state,
+)
 from sockudo_tw.framing import text_frame
 from sockudo_tw.pusher import events
 from sockudo_tw.pusher.errors import PusherError, PusherErrorCode
@@ -350,12 +354,12 @@ class PusherProtocol(CorkedWriter):
         shutdown, so that tens of thousands of connections end in one pass
         instead of each waiting for its client.
 
-        The connection's C{closeHandshakeTimeout} protocol option is set to
-        0 first: otherwise Autobahn's timer (1 s) could fire while the
-        reactor is still writing other connections' close frames, and it
-        aborts (a reset, which can reach the client before the 4200 frame).
+        Autobahn's closing-handshake timer is kept from starting first
+        (L{close_without_waiting}): it could fire while the reactor is still
+        writing other connections' close frames, and abort with a reset that
+        can reach the client before the 4200 frame.
         """
-        self.closeHandshakeTimeout = 0
+        close_without_waiting(self)
         self.close(code, reason)
         if self.transport is not None and not self._gone:
             self.transport.loseConnection()
