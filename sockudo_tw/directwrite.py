@@ -45,8 +45,7 @@ def idle_socket(transport: Any) -> bool:
     C{tests.test_compat} and C{tests.test_write_coalescing}).
     """
     return bool(
-        isinstance(transport, Connection)
-        and not transport.TLS
+        plain_socket(transport)
         and transport.connected
         and not transport.disconnecting
         and write_buffer_empty(transport)
