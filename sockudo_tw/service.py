@@ -840,7 +840,7 @@ def _add_beacon(
     root: SockudoService,
     reactor: Any,
     websocket: WebSocketPart,
-    pool: WorkerPool | None,
+    runtime_dir: Callable[[], str | None],
     worker: WorkerRole | None,
 ) -> None:
     """
@@ -852,17 +852,14 @@ def _add_beacon(
     def held() -> int:
         return ceiling.count if ceiling is not None else 0
 
-    if worker is not None:
-        beacon = WorkerBeacon(
-            reactor,
-            lambda: worker.runtime_dir,
-            worker.number,
-            held,
-            parent_pid=worker.parent_pid,
-            orphaned=reactor.stop,
-        )
-    else:
-        beacon = WorkerBeacon(reactor, lambda: pool.runtime_dir if pool else None, 0, held)
+    beacon = WorkerBeacon(
+        reactor,
+        runtime_dir,
+        worker.number if worker is not None else 0,
+        held,
+        parent_pid=worker.parent_pid if worker is not None else None,
+        orphaned=reactor.stop if worker is not None else None,
+    )
     beacon.setServiceParent(root)
 
 
@@ -927,11 +924,19 @@ def make_service(
         _watch_metrics(metrics, websocket.connections, adapter, webhooks)
     lifecycle = Lifecycle()
     pool: WorkerPool | None = None
+
+    def runtime_dir() -> str | None:
+        """
+        The group's runtime directory: given to a child, made by the pool.
+        """
+        if worker is not None:
+            return worker.runtime_dir
+        return pool.runtime_dir if pool is not None else None
+
     group: WorkersView | None = None
-    if worker is not None:
-        group = WorkersView(reactor, lambda: worker.runtime_dir, worker.count)
-    elif config.workers > 1:
-        group = WorkersView(reactor, lambda: pool.runtime_dir if pool else None, config.workers)
+    if worker is not None or config.workers > 1:
+        count = worker.count if worker is not None else config.workers
+        group = WorkersView(reactor, runtime_dir, count)
     health: IResource = HealthResource(app_store, adapter_health, lifecycle, reactor, workers=group)
     api_adapter = console.watch_api(adapter)
     listening = _front(
@@ -983,7 +988,7 @@ def make_service(
         )
         root.add_listener(pool)
     if pool is not None or worker is not None:
-        _add_beacon(root, reactor, websocket, pool, worker)
+        _add_beacon(root, reactor, websocket, runtime_dir, worker)
     announced = [("Pusher WebSocket and HTTP API", d, "") for d in descriptions]
     for what, at, path, factory in [
         *_extra_listeners(config, reactor, listen, metrics, metrics_resource, worker, pool),

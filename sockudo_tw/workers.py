@@ -247,13 +247,11 @@ class WorkersStatus:
     @ivar running: workers with a fresh beacon.
     @ivar expected: workers the group should have.
     @ivar healthy: False once a worker has been missing for L{DOWN_GRACE}.
-    @ivar connections: the connections the fresh beacons report.
     """
 
     running: int
     expected: int
     healthy: bool
-    connections: int
 
 
 class WorkersView:
@@ -275,15 +273,13 @@ class WorkersView:
         """
         now = self._clock.seconds()
         directory = self._runtime_dir()
-        running = connections = 0
+        running = 0
         healthy = True
         for worker in range(self.expected):
             beacon = _read_beacon(directory, worker) if directory is not None else None
             at = beacon.get("at") if beacon is not None else None
             if isinstance(at, (int, float)) and now - at <= STALE:
                 running += 1
-                count = beacon.get("connections") if beacon is not None else None
-                connections += count if isinstance(count, int) else 0
                 self._missing_since.pop(worker, None)
                 continue
             since = self._missing_since.setdefault(
@@ -291,7 +287,7 @@ class WorkersView:
             )
             if now - since >= DOWN_GRACE:
                 healthy = False
-        return WorkersStatus(running, self.expected, healthy, connections)
+        return WorkersStatus(running, self.expected, healthy)
 
 
 def _read_beacon(directory: str, worker: int) -> dict[str, Any] | None:
