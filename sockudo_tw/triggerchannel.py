@@ -174,6 +174,8 @@ class TriggerChannelFactory(Factory):
 
     noisy = False
 
+    _log = Logger()
+
     def __init__(
         self,
         site: Site,
@@ -280,7 +282,7 @@ class TriggerChannelFactory(Factory):
             try:
                 channel.flush()
             except Exception:
-                channel._log.failure("Writing an answer failed")
+                self._log.failure("Writing an answer failed")
 
 
 class TriggerChannel(Protocol):
